@@ -4,7 +4,8 @@
 
 Runs, in one process:
   * svdtool end to end (open, read, σ of all 226 matrices, metrics), page cache warm, and cold
-    when the page cache can be dropped (root on Linux), with and without CPU eigen-solvers;
+    when the page cache can be dropped (root on Linux): the default (two-stage eigen-solves shared
+    with CPU processes), other bandwidths, and the GPU alone (`--cpu-workers 0`, cuSOLVER syevd);
   * the WeightWatcher route, `torch.linalg.svdvals` in fp32 per matrix, on a sample of matrices
     (one layer plus the embedding) and extrapolated by shape to the whole model;
   * accuracy of both against float64 `torch.linalg.svdvals` on that sample: the max relative error
@@ -28,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from make_checkpoint import LLAMA2_7B, SMALL, make_llama_checkpoint  # noqa: E402
 
+from svdtool import band  # noqa: E402
 from svdtool.commands.spectrum import SpectrumRequest, run_spectrum  # noqa: E402
 from svdtool.loading import open_checkpoint  # noqa: E402
 
@@ -59,7 +61,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json")
-    ap.add_argument("--sweep", default="", help="extra --cpu-workers values to time, e.g. 3,7,14")
+    ap.add_argument("--sweep", default="", help="extra --cpu-workers values to time, e.g. 6,10")
+    ap.add_argument("--bandwidths", default="16,64", help="other band widths to time (default run: band.BANDWIDTH)")
     args = ap.parse_args()
     device = torch.device(args.device)
     dims = SMALL if args.small else LLAMA2_7B
@@ -76,22 +79,27 @@ def main() -> None:
     rows = []
     # Warm-up: CUDA context, cuSOLVER handles, page cache.
     run_spectrum(SpectrumRequest(model=str(path), device=args.device, include=["*layers.0.*"]))
-    configs = [("svdtool (default), warm cache", None, False)]
+    default_b = band.BANDWIDTH
+    configs = [(f"svdtool (default: band {default_b}), warm cache", None, False, default_b)]
     if device.type == "cuda":
-        configs.append(("svdtool (GPU + 7 CPU eigen-solvers), warm cache", 7, False))
-        configs.append(("svdtool (default), cold cache", None, True))
+        configs.append(("svdtool (default), cold cache", None, True, default_b))
+        for b in map(int, filter(None, args.bandwidths.split(","))):
+            configs.append((f"svdtool (band {b}), warm cache", None, False, b))
         for n in filter(None, args.sweep.split(",")):
-            configs.append((f"svdtool (GPU + {n} CPU eigen-solvers), warm cache", int(n), False))
+            configs.append((f"svdtool (GPU + {n} CPU processes), warm cache", int(n), False, default_b))
+        configs.append(("svdtool (GPU alone, --cpu-workers 0: cuSOLVER syevd), warm cache", 0, False, default_b))
     result = None
-    for label, cpu_workers, cold in configs:
+    for label, cpu_workers, cold, width in configs:
         if cold and not drop_page_cache():
             print("cannot drop the page cache (not root?): skipping the cold run", file=sys.stderr)
             continue
+        band.BANDWIDTH = width
         sync(device)
         t = time.perf_counter()
         run = run_spectrum(SpectrumRequest(model=str(path), device=args.device, cpu_workers=cpu_workers))
         sync(device)
         wall = time.perf_counter() - t
+        band.BANDWIDTH = default_b
         result = result or run
         m = run.result.manifest
         rows.append(

@@ -8,7 +8,7 @@ and takes ``sqrt(eigvalsh(G))``. Its error is about eps64·σ₁²/(2σᵢ) per 
 Smaller values are recomputed rather than trusted:
 
 * square matrices: ``gram64+inv64`` refines the few small values by subspace iteration on
-  (WᵀW)⁻¹ with float64 LU solves, started from the Gram eigenvectors, and Rayleigh–Ritz on W·Q;
+  (WᵀW)⁻¹ with float64 LU solves, from a seeded random block, and Rayleigh–Ritz on W·Q;
   the iteration converges fastest exactly where the Gram matrix is least accurate;
 * otherwise (rectangular, singular, or many small values): ``svd64``, a direct float64 SVD.
 
@@ -65,14 +65,11 @@ def svdvals64(w: torch.Tensor, device: torch.device) -> np.ndarray:
     return s.cpu().numpy().astype(np.float64, copy=False)
 
 
-def singular_values(
-    w: torch.Tensor, device: torch.device, eig_device: torch.device | None = None
-) -> tuple[np.ndarray, str]:
+def singular_values(w: torch.Tensor, device: torch.device) -> tuple[np.ndarray, str]:
     """All singular values of a 2-D weight, descending, float64, with the method that computed them.
 
-    The Gram matrix (and any refinement) is computed on ``device``; its eigenvalues on ``eig_device``
-    (default: ``device``). Moving only the small (k, k) Gram matrix lets CPU cores share the
-    eigen-solves with a GPU, whose solver runs one matrix at a time.
+    Everything runs on ``device``; a GPU's eigen-solve here is cuSOLVER's one-stage ``syevd``
+    (:mod:`svdtool.commands.band_pool` shares the work with CPU cores instead).
     """
     import torch
 
@@ -80,56 +77,59 @@ def singular_values(
         raise ValueError(f"expected a matrix, got shape {tuple(w.shape)}")
     if w.numel() == 0:
         return np.zeros(0), "empty"
-    eig_device = eig_device or device
-    g = gram64(w, device)
-    if eig_device != g.device:
-        g = g.to(eig_device)
-    # On a GPU the eigenvectors cost ~8% more (cuSOLVER syevd); they seed the refinement below.
-    vectors = eig_device.type == "cuda"
-    if vectors:
-        lam, vec = torch.linalg.eigh(g)
-    else:
-        lam, vec = torch.linalg.eigvalsh(g), None
-    del g
-    sigma = _sqrt_desc(lam)
+    lam = torch.linalg.eigvalsh(gram64(w, device))
+    return finish_from_gram(w, lam.cpu().numpy(), device, "gram64")
+
+
+def finish_from_gram(w: torch.Tensor, lam: np.ndarray, device: torch.device, method: str) -> tuple[np.ndarray, str]:
+    """Singular values of W from the ascending eigenvalues ``lam`` of its Gram matrix (see :func:`gram64`).
+
+    Values below ``GRAM_SAFE_RATIO``·σ₁ are recomputed: by :func:`_refine_smallest` for a square W,
+    else by a direct float64 SVD. ``method`` names the eigen-solver, for the manifest.
+    """
+    import torch
+
+    lam64 = torch.from_numpy(np.asarray(lam, dtype=np.float64))
+    sigma = _sqrt_desc(lam64)
     s1 = sigma[0]
     small = int(np.count_nonzero(sigma < GRAM_SAFE_RATIO * s1)) if s1 > 0 else 0
     if small == 0:
-        return sigma, "gram64"
+        return sigma, method
     rows, cols = w.shape
     if rows == cols and small <= max(8, rows // 8):
-        if vec is None:
-            vec = torch.linalg.eigh(gram64(w, device))[1]
-        refined = _refine_smallest(w, vec.to(device), small, device)
+        refined = _refine_smallest(w, small, device)
         if refined is not None:
             out = sigma.copy()
             out[-small:] = refined
-            return out, "gram64+inv64"
+            return out, method + "+inv64"
     return svdvals64(w, device), "svd64"
 
 
 #: Inverse-iteration steps allowed before the refinement gives up and a direct SVD runs instead.
-MAX_INVERSE_STEPS = 8
+MAX_INVERSE_STEPS = 12
 
 
-def _refine_smallest(w: torch.Tensor, vec: torch.Tensor, m: int, device: torch.device) -> np.ndarray | None:
+def _refine_smallest(w: torch.Tensor, m: int, device: torch.device) -> np.ndarray | None:
     """The m smallest singular values of a square W, accurate where the Gram matrix is not.
 
-    Subspace iteration on (WᵀW)⁻¹ = W⁻¹W⁻ᵀ (two LU solves per step) from the Gram eigenvectors of
-    the p = m + 8 smallest eigenvalues, then Rayleigh–Ritz: the singular values of W·Q (n, p).
-    Each step shrinks the unwanted components by (σⱼ/σ_{p+1})²; the loop stops once the m values
-    agree to 1e-12 (or the float64 floor of the small SVD) between two steps. Returns None if W is
-    singular or the values do not settle.
+    Subspace iteration on (WᵀW)⁻¹ = W⁻¹W⁻ᵀ (two LU solves per step), then Rayleigh–Ritz: the singular
+    values of W·Q (n, p), from a seeded Gaussian block of p = 2m + 8 columns. Each step shrinks the
+    unwanted components by (σⱼ/σ_{p+1})², so the m-th value converges like (σ_m/σ_{p+1})⁴ per step
+    (the small values of a square matrix sit near the hard edge, roughly evenly spaced, hence p ≈ 2m);
+    no eigenvectors of the Gram matrix are needed, which keeps the eigen-solves value-only. The loop
+    stops once the m values agree to 1e-12 (or the float64 floor of the small SVD) between two steps.
+    Returns None if W is singular or the values do not settle.
     """
     import torch
 
     n = w.shape[0]
-    p = min(n, m + 8)
+    p = min(n, 2 * m + 8)
     w64 = w.to(device=device, dtype=torch.float64)
     lu, piv, info = torch.linalg.lu_factor_ex(w64)
     if int(info.item()) != 0:
         return None
-    q = vec[:, :p]  # (n, p): eigenvectors of the p smallest eigenvalues (eigh sorts ascending)
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn((n, p), generator=gen, dtype=torch.float64, device=device)  # (n, p)
     previous = None
     for _ in range(MAX_INVERSE_STEPS):
         y = torch.linalg.lu_solve(lu, piv, q, adjoint=True)  # Wᵀ y = q

@@ -194,8 +194,10 @@ def parse_targets(text: str | None) -> list[str]:
 def is_adapter_target(name: str, targets: list[str]) -> bool:
     """Whether weight ``name`` gets an adapter: a block matrix (not an embedding or head) matched by ``targets``.
 
-    ``targets`` are module types or globs as in :func:`matches_any`; an empty list selects all of them.
+    ``targets`` are ``--targets`` tokens, matched as ``init`` matches them (:func:`target_matches`: a path
+    suffix, a module type or a glob); an empty list selects all of them.
     """
     if not name.endswith(".weight") or layer_index(name) is None or is_embedding(module_type(name)):
         return False
-    return not targets or matches_any(name, targets)
+    module = module_path(name)
+    return not targets or any(target_matches(module, t) for t in targets)

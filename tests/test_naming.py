@@ -62,3 +62,24 @@ def test_type_order_follows_the_block_with_embeddings_last() -> None:
     assert sorted(types, key=naming.type_sort_key) == [
         "q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "zz_custom", "embed", "lm_head",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("token", "hit"),
+    [
+        ("q_proj", True),  # module type
+        ("self_attn.q_proj", True),  # PEFT's path-suffix rule
+        ("*attn*", True),  # glob on the path
+        ("layers.0.self_attn.q_proj", True),
+        ("v_proj", False),
+        ("proj", False),  # not a suffix after a dot, not a type
+    ],
+)
+def test_gradient_targets_follow_the_init_targets_rule(token: str, hit: bool) -> None:
+    # coverage/init --method lora-ga select weights with is_adapter_target, init with target_matches:
+    # one rule for both, so one --targets value means the same matrices everywhere.
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert naming.target_matches(naming.module_path(name), token) is hit
+    assert naming.is_adapter_target(name, [token]) is hit
+    assert naming.is_adapter_target(name, []) is True
+    assert naming.is_adapter_target("model.embed_tokens.weight", []) is False

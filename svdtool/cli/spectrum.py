@@ -36,7 +36,8 @@ CpuWorkersOpt = Annotated[
     typer.Option(
         "--cpu-workers",
         min=0,
-        help="Parallel eigen-solves on CPU cores (default: one per core on CPU; 0 beside a GPU).",
+        help="CPU workers: eigen-solves on CPU (default one per core); beside a GPU, processes finishing its"
+        " two-stage eigen-solves (default cores - 2; 0 = GPU only).",
     ),
 ]
 

@@ -1,9 +1,9 @@
 """Run the per-matrix singular-value computations on a pool of workers, with reads one step ahead.
 
 One reader thread reads tensors in file order (and uploads them to the GPU when there is one);
-worker threads take them as they come. On a GPU, cuSOLVER's eigen-solver runs one matrix at a
-time (about 0.12 s for a 4096² float64 Gram matrix on an H100); optional extra workers form the Gram
-matrix on the GPU and solve it on the CPU cores instead. On a CPU, each worker is one core.
+worker threads take them as they come. On a CPU, each worker is one core. On a GPU, one worker
+drives the GPU and a pool of CPU processes finishes its two-stage eigen-solves
+(:mod:`svdtool.commands.band_pool`).
 """
 
 from __future__ import annotations
@@ -13,25 +13,25 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from svdtool import linalg
+from svdtool.commands import band_pool
 from svdtool.loading import Checkpoint, TensorInfo
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-#: CPU threads each CPU-side eigen-solve gets while a GPU does the rest.
-THREADS_PER_CPU_WORKER = 2
+#: Cores left to the reader and GPU threads when CPU processes help a GPU.
+CORES_KEPT = 2
 
 
 @dataclass(frozen=True)
 class Worker:
     name: str
-    device: torch.device  # for the Gram matrix and refinements
-    eig_device: torch.device  # for the eigen-solve
+    device: torch.device
 
 
 @dataclass
@@ -45,24 +45,21 @@ class Computed:
     worker: str
 
 
-def plan_workers(device: torch.device, cpu_workers: int | None) -> list[Worker]:
-    """Workers for ``device``. ``cpu_workers`` None means: as many as the cores support."""
+def plan_workers(device: torch.device, cpu_workers: int | None) -> tuple[list[Worker], int]:
+    """Workers for ``device`` and the number of CPU processes helping a GPU (0 on a CPU).
+
+    ``cpu_workers`` None means: as many as the cores support.
+    """
     import torch
 
     cores = os.cpu_count() or 1
-    cpu = torch.device("cpu")
     if device.type == "cuda":
-        # Measured on an H100 with 16 cores (docs/benchmarks.md): CPU eigen-solvers beside the GPU gained
-        # nothing once the GPU path needed a single eigen-solve per matrix, and slowed the reads; so the
-        # default is the GPU alone, and --cpu-workers N adds helpers.
-        n = cpu_workers or 0
-        if n:
-            torch.set_num_threads(THREADS_PER_CPU_WORKER)
-        return [Worker("gpu", device, device)] + [Worker(f"cpu{i}", device, cpu) for i in range(n)]
+        helpers = max(0, cores - CORES_KEPT) if cpu_workers is None else cpu_workers
+        return [Worker("gpu", device)], helpers
     n = max(1, cores if cpu_workers is None else cpu_workers)
     # Each worker gets an equal share of the cores; one worker alone gets them all.
     torch.set_num_threads(max(1, cores // n))
-    return [Worker(f"cpu{i}", cpu, cpu) for i in range(n)]
+    return [Worker(f"cpu{i}", torch.device("cpu")) for i in range(n)], 0
 
 
 def compute_all(
@@ -70,8 +67,12 @@ def compute_all(
     infos: list[TensorInfo],
     workers: list[Worker],
     on_done: Callable[[Computed], None],
+    helpers: int = 0,
 ) -> Iterator[Computed]:
-    """Yield one :class:`Computed` per tensor, in completion order; ``on_done`` is called under a lock."""
+    """Yield one :class:`Computed` per tensor, in completion order; ``on_done`` is called under a lock.
+
+    ``helpers`` CPU processes finish the GPU worker's eigen-solves (see :func:`plan_workers`).
+    """
     import torch
 
     upload = next((w.device for w in workers if w.device.type == "cuda"), None)
@@ -97,29 +98,35 @@ def compute_all(
             for _ in workers:
                 tasks.put(None)
 
-    def work(worker: Worker) -> None:
+    def items() -> Iterator[tuple[int, TensorInfo, torch.Tensor, float]]:
+        while (item := tasks.get()) is not None:
+            if not stop.is_set():
+                yield item
+
+    def work(worker: Worker, pool: ProcessPoolExecutor | None) -> None:
+        def make(index: int, info: TensorInfo, sigma: np.ndarray, method: str, sec: float, t_read: float) -> Computed:
+            return Computed(index, info, sigma, method, sec, t_read, worker.name)
+
         stream = torch.cuda.Stream(device=worker.device) if worker.device.type == "cuda" else None
         ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
-        with ctx:
-            while (item := tasks.get()) is not None:
-                if stop.is_set():
-                    continue
-                index, info, w, t_read = item
-                try:
-                    t0 = time.perf_counter()
-                    sigma, method = linalg.singular_values(w, worker.device, worker.eig_device)
-                    done = Computed(index, info, sigma, method, time.perf_counter() - t0, t_read, worker.name)
-                    del w
+        try:
+            with ctx:
+                for done in band_pool.solve_stream(items(), worker.device, pool, helpers, make):
                     with lock:
                         on_done(done)
                     results.put(done)
-                except BaseException as exc:
-                    results.put(exc)
-                    stop.set()
+        except BaseException as exc:
+            results.put(exc)
+            stop.set()
         results.put(_WorkerExit)
 
+    # Helper processes only where some Gram matrix is large enough to take the band route.
+    wanted = upload is not None and any(min(i.shape) >= band_pool.BAND_MIN for i in infos)
+    pool = band_pool.start_pool(helpers) if helpers and wanted else None
     threads = [threading.Thread(target=reader, daemon=True)]
-    threads += [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]
+    threads += [
+        threading.Thread(target=work, args=(w, pool if w.device.type == "cuda" else None), daemon=True) for w in workers
+    ]
     for t in threads:
         t.start()
     exited = 0
@@ -142,6 +149,8 @@ def compute_all(
                 pass
             for t in threads:
                 t.join(timeout=0.05)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _WorkerExit:

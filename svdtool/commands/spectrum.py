@@ -115,13 +115,13 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
         for s in skipped:
             progress.message(f"skipping {s.name} {tuple(s.shape)}: {s.reason}")
         progress.start("spectra", len(infos), sum(i.nbytes for i in infos))
-        workers = plan_workers(device, req.cpu_workers)
+        workers, helpers = plan_workers(device, req.cpu_workers)
         done: list[Computed] = []
         # Float64 products never use TF32; turn it off anyway so no Gram product can be float32-TF32.
         prev_tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
-            for c in compute_all(ckpt, infos, workers, lambda c: progress.advance(c.info.name, c.info.nbytes)):
+            for c in compute_all(ckpt, infos, workers, lambda c: progress.advance(c.info.name, c.info.nbytes), helpers):
                 done.append(c)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev_tf32

@@ -1,0 +1,141 @@
+"""The GPU side of ``spectrum``: one thread on the GPU, CPU processes finishing two-stage eigen-solves.
+
+For each matrix the GPU forms the float64 Gram matrix and then either
+
+* reduces it to a band (:mod:`svdtool.band`, ≈10–30 ms for 4096²) and hands the band to a pool of
+  CPU processes for its eigenvalues (LAPACK, about a second of one core), or
+* solves it at once with cuSOLVER's ``syevd`` (≈0.1 s), when the CPU processes already have enough
+  queued work.
+
+The choice is made per matrix from the backlog, so the GPU and the CPU cores stay busy together,
+whatever their relative speed. Finished bands return to this thread, which refines small singular
+values on the GPU (:func:`svdtool.linalg.finish_from_gram`) before the matrix is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import TYPE_CHECKING, Any
+
+from svdtool import band, linalg
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from svdtool.loading import TensorInfo
+
+#: Gram matrices smaller than this are solved on the GPU directly: cuSOLVER needs only milliseconds.
+BAND_MIN = 1024
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: Gram matrices of one size reduced to bands together.
+BAND_BATCH = 8
+#: Bands queued per CPU process before the GPU solves matrices itself.
+QUEUE_PER_PROCESS = 1
+
+
+@dataclass
+class _Pending:
+    index: int
+    info: TensorInfo
+    w: torch.Tensor  # kept for the refinement of small σ
+    t_read: float
+    seconds: float  # GPU-thread time so far
+    future: Future[np.ndarray]
+
+
+def start_pool(processes: int) -> ProcessPoolExecutor | None:
+    """A pool of ``processes`` CPU processes for band eigenvalues, warming up in the background."""
+    if processes <= 0:
+        return None
+    # spawn, not fork: the parent holds a CUDA context and threads. The processes start during the
+    # submits below and inherit the environment of that moment: one BLAS thread each, as the band
+    # solver gains nothing from more and idle BLAS threads spinning in every process cost cores.
+    pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"))
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))
+    try:
+        for _ in range(processes):
+            pool.submit(band.warm_up)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return pool
+
+
+def solve_stream(
+    items: Iterator[tuple[int, TensorInfo, torch.Tensor, float]],
+    device: torch.device,
+    pool: ProcessPoolExecutor | None,
+    processes: int,
+    make: Callable[[int, TensorInfo, np.ndarray, str, float, float], Any],
+) -> Iterator[Any]:
+    """Singular values of each (index, info, W on ``device``, read seconds), in completion order.
+
+    ``make(index, info, sigma, method, seconds, read_seconds)`` builds what is yielded.
+    """
+    import torch
+
+    pending: list[_Pending] = []
+
+    def finish(p: _Pending) -> Any:
+        t0 = time.perf_counter()
+        try:
+            lam = p.future.result()
+        except BrokenProcessPool:  # a CPU process died: solve this one on the GPU
+            sigma, method = linalg.singular_values(p.w, device)
+        else:
+            sigma, method = linalg.finish_from_gram(p.w, lam, device, "gram64-band")
+        return make(p.index, p.info, sigma, method, p.seconds + time.perf_counter() - t0, p.t_read)
+
+    def ready(block: bool) -> Iterator[Any]:
+        if not pending:
+            return
+        done, _ = wait([p.future for p in pending], timeout=None if block else 0, return_when="FIRST_COMPLETED")
+        for p in [p for p in pending if p.future in done]:
+            pending.remove(p)
+            yield finish(p)
+
+    # Gram matrices waiting to be reduced together, by size: one batched reduction amortises the fixed
+    # cost of its many small kernels (measured: 160 ms for one 4096² matrix, 42 ms each for four).
+    waiting: dict[int, list[tuple[int, TensorInfo, torch.Tensor, float, torch.Tensor, float]]] = {}
+
+    def reduce(k: int) -> None:
+        group = waiting.pop(k)
+        t0 = time.perf_counter()
+        bands = band.reduce_to_band(torch.stack([x[4] for x in group])).cpu().numpy()  # (batch, b+1, k)
+        share = (time.perf_counter() - t0) / len(group)
+        for (index, info, w, t_read, _, sec), host in zip(group, bands, strict=True):
+            future = pool.submit(band.band_eigenvalues, host)  # type: ignore[union-attr]
+            pending.append(_Pending(index, info, w, t_read, sec + share, future))
+
+    for index, info, w, t_read in items:
+        t0 = time.perf_counter()
+        queued = len(pending) + sum(len(x) for x in waiting.values())
+        if pool is not None and min(w.shape) >= BAND_MIN and queued < processes * (1 + QUEUE_PER_PROCESS):
+            g = linalg.gram64(w, device)  # (k, k) float64
+            k = g.shape[0]
+            waiting.setdefault(k, []).append((index, info, w, t_read, g, time.perf_counter() - t0))
+            del g
+            if len(waiting[k]) == BAND_BATCH:
+                reduce(k)
+        else:
+            sigma, method = linalg.singular_values(w, device)
+            yield make(index, info, sigma, method, time.perf_counter() - t0, t_read)
+        del w
+        yield from ready(block=False)
+    for k in list(waiting):
+        reduce(k)
+    while pending:
+        yield from ready(block=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,140 @@
+"""Two-stage eigenvalues (svdtool.band) and the GPU-side pipeline that uses them, against float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg as sl
+import torch
+
+from svdtool import band, linalg
+from svdtool.commands import band_pool
+from tests.helpers import assert_close, matrix_with_spectrum
+
+CPU = torch.device("cpu")
+
+
+def _gram(n: int, cols: int, seed: int) -> torch.Tensor:
+    w = torch.randn(n, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return w @ w.T  # (n, n)
+
+
+def _eigs(bands: torch.Tensor) -> list[np.ndarray]:
+    return [band.band_eigenvalues(x.numpy()) for x in bands]
+
+
+@pytest.mark.parametrize(("n", "b"), [(200, 16), (130, 32), (64, 32), (33, 32), (97, 1), (2, 4), (1, 8)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_band_eigenvalues_equal_dense_float64(n: int, b: int, seed: int) -> None:
+    g = torch.stack([_gram(n, n + 7, seed), _gram(n, 3 * n, seed + 10)])  # a batch of two
+    before = g.clone()
+    bands = band.reduce_to_band(g, b)
+    assert bands.shape == (2, b + 1, n)
+    assert torch.equal(g, before)  # the input is left alone
+    for got, ref in zip(_eigs(bands), torch.linalg.eigvalsh(g), strict=True):
+        # Orthogonal similarities in float64: every eigenvalue to a few eps·‖G‖.
+        assert np.max(np.abs(got - ref.numpy())) <= 64 * np.finfo(np.float64).eps * float(ref[-1])
+
+
+def test_reduced_matrix_is_banded_and_similar() -> None:
+    g = _gram(120, 150, 3)
+    bands = band.reduce_to_band(g[None], 8)[0]  # (9, 120)
+    # Rebuild the dense band matrix: its trace and Frobenius norm equal G's (an orthogonal similarity).
+    dense = torch.zeros_like(g)
+    for i in range(9):
+        dense += torch.diag(bands[i, : 120 - i], -i)
+        if i:
+            dense += torch.diag(bands[i, : 120 - i], i)
+    assert_close(torch.trace(dense), torch.trace(g), "exact64")
+    assert_close(torch.linalg.norm(dense), torch.linalg.norm(g), "exact64")
+
+
+def test_rank_deficient_and_degenerate_matrices_take_the_safe_panels() -> None:
+    low_rank = _gram(150, 12, 4)  # rank 12: most panels cannot be Cholesky-factored
+    cases = [low_rank, torch.diag(torch.arange(90.0, dtype=torch.float64)), torch.zeros(70, 70, dtype=torch.float64)]
+    for g in cases:
+        got = _eigs(band.reduce_to_band(g[None], 16))[0]
+        ref = torch.linalg.eigvalsh(g).numpy()
+        assert np.max(np.abs(got - ref)) <= 64 * np.finfo(np.float64).eps * max(float(ref[-1]), 1.0)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_panel_householder_is_an_orthogonal_qr(fast: bool) -> None:
+    p = torch.randn(3, 200, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    v, t, r, failed = band.panel_householder(p, fast)
+    assert not bool(failed)
+    q = torch.eye(200, dtype=torch.float64) - v @ t @ v.mT  # (3, 200, 200)
+    assert_close(q.mT @ q, torch.eye(200, dtype=torch.float64).expand(3, 200, 200), "orthonormal")
+    applied = q.mT @ p  # [R; 0]
+    scale = float(p.abs().max())
+    assert float((applied[:, :16] - r).abs().max()) < 1e-12 * scale
+    assert float(applied[:, 16:].abs().max()) < 1e-12 * scale
+    assert torch.equal(r, torch.triu(r))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cholesky_route_is_accurate_or_flags_a_rank_deficient_panel(seed: int) -> None:
+    p = torch.randn(1, 100, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    p[..., 7] = p[..., 0]  # two equal columns: CholeskyQR breaks down or loses orthogonality
+    v, t, r, failed = band.panel_householder(p, fast=True)
+    if not bool(failed):  # it passed its own check, so it must be a valid QR
+        q = torch.eye(100, dtype=torch.float64) - v @ t @ v.mT
+        assert_close(q.mT @ q, torch.eye(100, dtype=torch.float64)[None], "orthonormal")
+        applied = q.mT @ p
+        assert float((applied[:, :8] - r).abs().max()) < 1e-12 * float(p.abs().max())
+    assert not bool(band.panel_householder(p, fast=False)[3])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_square_small_values_refined_from_a_random_start(seed: int) -> None:
+    n = 90
+    sigma = np.linspace(2.0, 0.5, n)
+    sigma[-4:] = [3e-5, 1e-6, 2e-7, 5e-9]
+    w = torch.from_numpy(matrix_with_spectrum((n, n), sigma, seed))
+    lam = torch.linalg.eigvalsh(linalg.gram64(w, CPU)).numpy()
+    got, method = linalg.finish_from_gram(w, lam, CPU, "gram64-band")
+    assert method == "gram64-band+inv64"
+    ref = sl.svdvals(w.numpy())
+    mask = ref >= 1e-6 * ref[0]
+    assert np.max(np.abs(got - ref)[mask] / ref[mask]) < 1e-9
+    assert abs(got[-1] - ref[-1]) / ref[-1] < 1e-5
+
+
+def test_pipeline_with_cpu_processes_matches_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The GPU-side pipeline run on the CPU, with real helper processes: the band route, the direct
+    # route when the helpers are busy, and the refinement of small values after the band route.
+    monkeypatch.setattr(band_pool, "BAND_MIN", 16)
+    monkeypatch.setattr(band, "BANDWIDTH", 8)
+    monkeypatch.setattr(band_pool, "BAND_BATCH", 2)  # full batches and a remainder
+    rng = np.random.default_rng(0)
+    mats = []
+    for i in range(7):
+        shape = [(60, 60), (48, 80), (80, 48), (20, 10)][i % 4]
+        sigma = np.sort(rng.uniform(0.1, 2.0, min(shape)))[::-1]
+        if shape == (60, 60):
+            sigma[-1] = 1e-7  # needs the refinement
+        mats.append(torch.from_numpy(matrix_with_spectrum(shape, sigma, i)).to(torch.float32))
+    items = ((i, f"m{i}", w, 0.0) for i, w in enumerate(mats))
+    pool = band_pool.start_pool(2)
+    assert pool is not None
+    try:
+        out = list(band_pool.solve_stream(items, CPU, pool, 2, lambda *a: a))  # type: ignore[arg-type]
+    finally:
+        pool.shutdown()
+    assert sorted(o[0] for o in out) == list(range(7))
+    methods = {o[3] for o in out}
+    assert "gram64-band" in methods and "gram64-band+inv64" in methods
+    for index, _, sigma, _, _, _ in out:
+        ref = sl.svdvals(mats[index].double().numpy())
+        mask = ref >= 1e-6 * ref[0]
+        assert np.max(np.abs(sigma - ref)[mask] / ref[mask]) < 1e-8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_band_route_matches_dense() -> None:
+    g = torch.stack([_gram(1100, 1300, s) for s in range(3)]).cuda()
+    for b in (16, 32):
+        got = _eigs(band.reduce_to_band(g, b).cpu())
+        for x, ref in zip(got, torch.linalg.eigvalsh(g).cpu(), strict=True):
+            assert np.max(np.abs(x - ref.numpy())) <= 64 * np.finfo(np.float64).eps * float(ref[-1])
