@@ -134,10 +134,14 @@ def _refine_smallest(w: torch.Tensor, m: int, device: torch.device) -> np.ndarra
     for _ in range(MAX_INVERSE_STEPS):
         y = torch.linalg.lu_solve(lu, piv, q, adjoint=True)  # Wᵀ y = q
         z = torch.linalg.lu_solve(lu, piv, y)  # W z = y, so z = (WᵀW)⁻¹ q
-        if not bool(torch.isfinite(z).all()):
-            return None
         q, _ = torch.linalg.qr(z)
-        values = torch.linalg.svdvals(w64 @ q).cpu().numpy()  # (p,), descending
+        # σ(W·Q) = σ(R) for W·Q = Q'R: one small QR on the device, then a (p, p) SVD on the host, which
+        # is cheaper than a device SVD of the (n, p) matrix and just as accurate. Non-finite values
+        # (a numerically singular W) surface here, with the only synchronisation of the step.
+        r = torch.linalg.qr(w64 @ q, mode="r")[1].cpu().numpy()  # (p, p)
+        if not np.isfinite(r).all():
+            return None
+        values = np.linalg.svd(r, compute_uv=False)  # (p,), descending
         ritz = values[-m:]  # the m smallest
         # Settled: relative change ≤ 1e-12, above the floor eps·‖WQ‖ of the small (n, p) SVD itself.
         floor = 8 * np.finfo(np.float64).eps * values[0]
