@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import scipy.linalg as sl
@@ -138,3 +141,25 @@ def test_gpu_band_route_matches_dense() -> None:
         got = _eigs(band.reduce_to_band(g, b).cpu())
         for x, ref in zip(got, torch.linalg.eigvalsh(g).cpu(), strict=True):
             assert np.max(np.abs(x - ref.numpy())) <= 64 * np.finfo(np.float64).eps * float(ref[-1])
+
+
+def test_pipeline_drops_queued_bands_once_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(band_pool, "BAND_MIN", 16)
+    monkeypatch.setattr(band_pool, "BAND_BATCH", 3)
+    stop = threading.Event()
+    mats = [torch.randn(40, 50, generator=torch.Generator().manual_seed(i)) for i in range(5)]
+
+    def items() -> Iterator[tuple[int, str, torch.Tensor, float]]:
+        yield from ((i, f"m{i}", w, 0.0) for i, w in enumerate(mats))
+        stop.set()  # e.g. Ctrl-C while the last bands are still queued
+
+    pool = band_pool.start_pool(1)
+    assert pool is not None
+    try:
+        out = list(band_pool.solve_stream(items(), CPU, pool, 4, lambda *a: a, stop))  # type: ignore[arg-type]
+    finally:
+        pool.shutdown(cancel_futures=True)
+    # Matrices 0-2 were reduced as a batch; 3-4 never were, and nothing waits for the queued work.
+    assert len(out) < 5
+    for index, _, sigma, _, _, _ in out:
+        assert_close(sigma, sl.svdvals(mats[index].double().numpy()), "sigma")

@@ -15,6 +15,7 @@ values on the GPU (:func:`svdtool.linalg.finish_from_gram`) before the matrix is
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
@@ -78,10 +79,12 @@ def solve_stream(
     pool: ProcessPoolExecutor | None,
     processes: int,
     make: Callable[[int, TensorInfo, np.ndarray, str, float, float], Any],
+    stop: threading.Event | None = None,
 ) -> Iterator[Any]:
     """Singular values of each (index, info, W on ``device``, read seconds), in completion order.
 
-    ``make(index, info, sigma, method, seconds, read_seconds)`` builds what is yielded.
+    ``make(index, info, sigma, method, seconds, read_seconds)`` builds what is yielded. Once ``stop`` is
+    set (an error elsewhere, or Ctrl-C), queued bands are dropped instead of finished.
     """
     import torch
 
@@ -133,9 +136,13 @@ def solve_stream(
             yield make(index, info, sigma, method, time.perf_counter() - t0, t_read)
         del w
         yield from ready(block=False)
+    stopped = stop.is_set if stop is not None else (lambda: False)
     for k in list(waiting):
-        reduce(k)
-    while pending:
+        if not stopped():
+            reduce(k)
+    while pending and not stopped():
         yield from ready(block=True)
+    for p in pending:
+        p.future.cancel()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -111,7 +111,7 @@ def compute_all(
         ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
         try:
             with ctx:
-                for done in band_pool.solve_stream(items(), worker.device, pool, helpers, make):
+                for done in band_pool.solve_stream(items(), worker.device, pool, helpers, make, stop):
                     with lock:
                         on_done(done)
                     results.put(done)
