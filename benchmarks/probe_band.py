@@ -43,17 +43,22 @@ def main() -> None:
     g = torch.stack(grams)
     print("eigvalsh (syevd) per matrix s", round(timed(lambda: torch.linalg.eigvalsh(g[0])), 4), flush=True)
     bands = {}
+    from svdtool import band as band_module
+
     for b in (16, 32, 64):
-        for bs in (1, 4):
-            s = timed(lambda: reduce_to_band(g[:bs].clone(), b), 2) / bs
-            print(f"reduce_to_band b={b} batch={bs}: {s * 1e3:.1f} ms per matrix", flush=True)
-        bands[b] = reduce_to_band(g.clone(), b).cpu().numpy()
+        for graphs in (False, True):
+            band_module.CUDA_GRAPHS = graphs
+            for bs in (4, 16):
+                s = timed(lambda: reduce_to_band(g[:bs], b), 2) / bs
+                print(f"reduce_to_band b={b} batch={bs} graphs={graphs}: {s * 1e3:.1f} ms per matrix", flush=True)
+        bands[b] = reduce_to_band(g, b).cpu().numpy()
+        band_module.release_graphs()
     ref = torch.linalg.eigvalsh(g[0]).cpu().numpy()
     for b, band in bands.items():
         ev = band_eigenvalues(band[0])
         print(f"b={b} max |Δλ|/λ₁ vs syevd {np.abs(ev - ref).max() / ref[-1]:.2e}", flush=True)
     ctx = get_context("spawn")
-    for workers in (14,):
+    for workers in () if os.environ.get("PROBE_NO_CPU") else (14,):
         with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
             list(ex.map(band_eigenvalues, [bands[16][0]] * workers))  # warm the workers
             for b, band in bands.items():

@@ -115,9 +115,13 @@ def solve_stream(
     def reduce(k: int) -> None:
         group = waiting.pop(k)
         t0 = time.perf_counter()
-        bands = band.reduce_to_band(torch.stack([x[4] for x in group])).cpu().numpy()  # (batch, b+1, k)
+        grams = [x[4] for x in group]
+        if device.type == "cuda":  # a full batch, padded with copies, replays the captured graph
+            grams += grams[-1:] * (BAND_BATCH - len(grams))
+        bands = band.reduce_to_band(torch.stack(grams)).cpu().numpy()  # (batch, b+1, k)
+        del grams
         share = (time.perf_counter() - t0) / len(group)
-        for (index, info, w, t_read, _, sec), host in zip(group, bands, strict=True):
+        for (index, info, w, t_read, _, sec), host in zip(group, bands[: len(group)], strict=True):
             future = pool.submit(band.band_eigenvalues, host)  # type: ignore[union-attr]
             pending.append(_Pending(index, info, w, t_read, sec + share, future))
 
@@ -144,5 +148,6 @@ def solve_stream(
         yield from ready(block=True)
     for p in pending:
         p.future.cancel()
+    band.release_graphs()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
