@@ -43,16 +43,16 @@ def main() -> None:
     g = torch.stack(grams)
     print("eigvalsh (syevd) per matrix s", round(timed(lambda: torch.linalg.eigvalsh(g[0])), 4), flush=True)
     bands = {}
-    from svdtool import band as band_module
+    from svdtool import cuda_graphs
 
     for b in (16, 32, 64):
         for graphs in (False, True):
-            band_module.CUDA_GRAPHS = graphs
+            cuda_graphs.ENABLED = graphs
             for bs in (4, 16):
                 s = timed(lambda: reduce_to_band(g[:bs], b), 2) / bs
                 print(f"reduce_to_band b={b} batch={bs} graphs={graphs}: {s * 1e3:.1f} ms per matrix", flush=True)
         bands[b] = reduce_to_band(g, b).cpu().numpy()
-        band_module.release_graphs()
+        cuda_graphs.release()
     ref = torch.linalg.eigvalsh(g[0]).cpu().numpy()
     for b, band in bands.items():
         ev = band_eigenvalues(band[0])

@@ -19,10 +19,11 @@ one-stage solve: about eps64·‖A‖ each.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from svdtool import cuda_graphs
 
 if TYPE_CHECKING:
     import torch
@@ -46,64 +47,14 @@ def reduce_to_band(a: torch.Tensor, b: int | None = None) -> torch.Tensor:
         raise ValueError(f"expected a stack of square matrices, got shape {tuple(a.shape)}")
     if b < 1:
         raise ValueError(f"bandwidth must be ≥ 1, got {b}")
-    graphed = _replay(a, b) if a.is_cuda and CUDA_GRAPHS else None
+    # On a GPU the fast reduction is replayed as one captured graph (see svdtool.cuda_graphs).
+    graphed = cuda_graphs.replay(
+        ("band", tuple(a.shape), a.dtype, a.device, b), lambda x: _reduce(x.clone(), b, True), [a]
+    )
     band, bad = graphed if graphed is not None else _reduce(a.clone(), b, fast=True)
     if not bool(bad):  # the one host synchronisation
         return band
     return _reduce(a.clone(), b, fast=False)[0]
-
-
-#: Replay the fast reduction of a CUDA stack as a captured CUDA graph: one launch instead of ≈30 small
-#: kernels per panel, whose launch cost dominates on hosts with slow cores. Falls back to eager
-#: execution where capture fails.
-CUDA_GRAPHS = True
-
-
-@dataclass
-class _Captured:
-    graph: Any  # torch.cuda.CUDAGraph
-    source: torch.Tensor  # (batch, n, n): the input slot
-    band: torch.Tensor  # (batch, b+1, n)
-    bad: torch.Tensor  # () bool
-
-
-_captured: dict[tuple[Any, ...], _Captured | None] = {}
-
-
-def _replay(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    key = (tuple(a.shape), b, a.dtype, a.device)
-    if key not in _captured:
-        _captured[key] = _capture(a, b)
-    cap = _captured[key]
-    if cap is None:
-        return None
-    cap.source.copy_(a)
-    cap.graph.replay()
-    return cap.band.clone(), cap.bad.clone()
-
-
-def _capture(a: torch.Tensor, b: int) -> _Captured | None:
-    import torch
-
-    source = a.clone()
-    try:
-        side = torch.cuda.Stream(a.device)
-        side.wait_stream(torch.cuda.current_stream(a.device))
-        with torch.cuda.stream(side):  # warm-up: library handles and workspaces exist before capture
-            _reduce(source.clone(), b, fast=True)
-        torch.cuda.current_stream(a.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            band, bad = _reduce(source.clone(), b, fast=True)
-    except RuntimeError:  # an operation that cannot be captured on this setup
-        torch.cuda.synchronize(a.device)
-        return None
-    return _Captured(graph, source, band, bad)
-
-
-def release_graphs() -> None:
-    """Free the captured graphs and the device memory they hold."""
-    _captured.clear()
 
 
 def _reduce(a: torch.Tensor, b: int, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:

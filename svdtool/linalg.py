@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from svdtool import cuda_graphs
+
 if TYPE_CHECKING:
     import torch
 
@@ -107,41 +109,46 @@ def finish_from_gram(w: torch.Tensor, lam: np.ndarray, device: torch.device, met
 
 #: Inverse-iteration steps allowed before the refinement gives up and a direct SVD runs instead.
 MAX_INVERSE_STEPS = 12
+#: Steps taken together (one graph replay on a GPU) before the first convergence check.
+FIRST_STEPS = 4
+#: Least block width: one shape, so one captured graph, for every matrix with m ≤ 8 small values.
+REFINE_BLOCK = 24
 
 
 def _refine_smallest(w: torch.Tensor, m: int, device: torch.device) -> np.ndarray | None:
     """The m smallest singular values of a square W, accurate where the Gram matrix is not.
 
     Subspace iteration on (WᵀW)⁻¹ = W⁻¹W⁻ᵀ (two LU solves per step), then Rayleigh–Ritz: the singular
-    values of W·Q (n, p), from a seeded Gaussian block of p = 2m + 8 columns. Each step shrinks the
-    unwanted components by (σⱼ/σ_{p+1})², so the m-th value converges like (σ_m/σ_{p+1})⁴ per step
-    (the small values of a square matrix sit near the hard edge, roughly evenly spaced, hence p ≈ 2m);
-    no eigenvectors of the Gram matrix are needed, which keeps the eigen-solves value-only. The loop
-    stops once the m values agree to 1e-12 (or the float64 floor of the small SVD) between two steps.
-    Returns None if W is singular or the values do not settle.
+    values of W·Q (n, p), from a seeded Gaussian block of p = max(2m + 8, 24) columns. Each step shrinks
+    the unwanted components by (σⱼ/σ_{p+1})², so the m-th value converges like (σ_m/σ_{p+1})⁴ per step
+    (the small values of a square matrix sit near the hard edge, roughly evenly spaced, hence p ≈ 2m or
+    more); no eigenvectors of the Gram matrix are needed, which keeps the eigen-solves value-only. The
+    values are checked after each step from the fourth on (the first four run as one CUDA graph on a
+    GPU); the loop stops once the m values agree to 1e-12 (or the float64 floor of the small SVD)
+    between two steps. Returns None if W is singular or the values do not settle.
     """
     import torch
 
     n = w.shape[0]
-    p = min(n, 2 * m + 8)
+    p = min(n, max(2 * m + 8, REFINE_BLOCK))
     w64 = w.to(device=device, dtype=torch.float64)
-    lu, piv, info = torch.linalg.lu_factor_ex(w64)
-    if int(info.item()) != 0:
-        return None
     gen = torch.Generator(device=device).manual_seed(0)
     q = torch.randn((n, p), generator=gen, dtype=torch.float64, device=device)  # (n, p)
+    first = cuda_graphs.replay(("refine", n, p, device), _first_steps, [w64, q]) or _first_steps(w64, q)
+    info, lu, piv, q, rs = first
+    if int(info.item()) != 0:
+        return None
     previous = None
-    for _ in range(MAX_INVERSE_STEPS):
-        y = torch.linalg.lu_solve(lu, piv, q, adjoint=True)  # Wᵀ y = q
-        z = torch.linalg.lu_solve(lu, piv, y)  # W z = y, so z = (WᵀW)⁻¹ q
-        q, _ = torch.linalg.qr(z)
-        # σ(W·Q) = σ(R) for W·Q = Q'R: one small QR on the device, then a (p, p) SVD on the host, which
-        # is cheaper than a device SVD of the (n, p) matrix and just as accurate. Non-finite values
-        # (a numerically singular W) surface here, with the only synchronisation of the step.
-        r = torch.linalg.qr(w64 @ q, mode="r")[1].cpu().numpy()  # (p, p)
-        if not np.isfinite(r).all():
+    rs_host = list(rs.cpu().numpy())  # FIRST_STEPS × (p, p)
+    for step in range(MAX_INVERSE_STEPS):
+        if step < FIRST_STEPS:
+            r = rs_host[step]
+        else:
+            q, r_dev = _inverse_step(w64, lu, piv, q)
+            r = r_dev.cpu().numpy()
+        if not np.isfinite(r).all():  # a numerically singular W
             return None
-        values = np.linalg.svd(r, compute_uv=False)  # (p,), descending
+        values = np.linalg.svd(r, compute_uv=False)  # (p,), descending: σ(W·Q) = σ(R)
         ritz = values[-m:]  # the m smallest
         # Settled: relative change ≤ 1e-12, above the floor eps·‖WQ‖ of the small (n, p) SVD itself.
         floor = 8 * np.finfo(np.float64).eps * values[0]
@@ -149,3 +156,29 @@ def _refine_smallest(w: torch.Tensor, m: int, device: torch.device) -> np.ndarra
             return ritz.astype(np.float64)
         previous = ritz
     return None
+
+
+def _first_steps(w64: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """LU of W, then FIRST_STEPS steps from q: (info, lu, pivots, q, R of each step (FIRST_STEPS, p, p))."""
+    import torch
+
+    lu, piv, info = torch.linalg.lu_factor_ex(w64)
+    rs = []
+    for _ in range(FIRST_STEPS):
+        q, r = _inverse_step(w64, lu, piv, q)
+        rs.append(r)
+    return info, lu, piv, q, torch.stack(rs)
+
+
+def _inverse_step(
+    w64: torch.Tensor, lu: torch.Tensor, piv: torch.Tensor, q: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step: Q ← orth((WᵀW)⁻¹Q), and R of W·Q = Q'R, whose singular values are σ(W·Q)."""
+    import torch
+
+    y = torch.linalg.lu_solve(lu, piv, q, adjoint=True)  # Wᵀ y = q
+    z = torch.linalg.lu_solve(lu, piv, y)  # W z = y, so z = (WᵀW)⁻¹ q
+    q, _ = torch.linalg.qr(z)  # (n, p)
+    # A small QR on the device, then a (p, p) SVD on the host: cheaper than a device SVD of the
+    # (n, p) matrix and just as accurate.
+    return q, torch.linalg.qr(w64 @ q, mode="r")[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,49 @@ def test_pipeline_drops_queued_bands_once_stopped(monkeypatch: pytest.MonkeyPatc
     assert len(out) < 5
     for index, _, sigma, _, _, _ in out:
         assert_close(sigma, sl.svdvals(mats[index].double().numpy()), "sigma")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_spectrum_end_to_end_through_the_band_route(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The whole GPU pipeline (reader, GPU thread, CUDA-graph reductions, CPU processes, refinement)
+    # on a real checkpoint, with the size threshold lowered so its small matrices take the band route.
+    from safetensors.torch import load_file
+
+    from svdtool.commands.spectrum import SpectrumRequest, run_spectrum
+
+    monkeypatch.setattr(band_pool, "BAND_MIN", 8)
+    run = run_spectrum(SpectrumRequest(model=str(tiny_llama), device="cuda", cpu_workers=2))
+    methods = {m.method for m in run.result.matrices}
+    assert any(m.startswith("gram64-band") for m in methods)
+    weights = load_file(str(tiny_llama / "model.safetensors"))
+    for m in run.result.matrices:
+        ref = sl.svdvals(weights[m.name].double().numpy())
+        mask = ref >= 1e-6 * ref[0]
+        got = run.sigmas[m.name]
+        assert np.max(np.abs(got - ref)[mask] / ref[mask]) < 1e-8, m.name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_refinement_graphed_equals_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    from svdtool import cuda_graphs
+
+    n = 300
+    results = {}
+    for graphs in (True, False):
+        monkeypatch.setattr(cuda_graphs, "ENABLED", graphs)
+        for seed in (0, 1):  # the second matrix replays the graph captured for the first
+            sigma = np.linspace(2.0, 0.5, n)
+            sigma[-3:] = [3e-5, 1e-6, 5e-9]
+            w = torch.from_numpy(matrix_with_spectrum((n, n), sigma, seed))
+            lam = torch.linalg.eigvalsh(linalg.gram64(w, CPU)).numpy()
+            got, method = linalg.finish_from_gram(w.cuda(), lam, torch.device("cuda"), "gram64-band")
+            assert method == "gram64-band+inv64"
+            ref = sl.svdvals(w.numpy())
+            mask = ref >= 1e-6 * ref[0]
+            assert np.max(np.abs(got - ref)[mask] / ref[mask]) < 1e-9
+            results[(graphs, seed)] = got
+        cuda_graphs.release()
+    for seed in (0, 1):
+        assert_close(results[(True, seed)], results[(False, seed)], "exact64")

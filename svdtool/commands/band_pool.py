@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
-from svdtool import band, linalg
+from svdtool import band, cuda_graphs, linalg
 
 if TYPE_CHECKING:
     import numpy as np
@@ -148,6 +148,6 @@ def solve_stream(
         yield from ready(block=True)
     for p in pending:
         p.future.cancel()
-    band.release_graphs()
+    cuda_graphs.release()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,0 +1,80 @@
+"""Capture a fixed sequence of CUDA operations once and replay it. Pure compute: no I/O.
+
+The two-stage eigen-solves and the small-σ refinement run hundreds of small kernels per matrix; on
+hosts with slow cores the launches, not the GPU, set the pace (20–40 µs per torch call measured on an
+H100 host, docs/benchmarks.md). A captured graph launches them all at once.
+
+:func:`replay` captures ``fn`` on first use for a given key and replays it afterwards, copying the inputs
+into the graph's own input tensors and returning clones of its outputs. Where capture fails (an
+operation that cannot be captured on this setup) it returns None once and for all for that key, and the
+caller runs ``fn`` eagerly. :func:`release` frees the captured graphs and the device memory they hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+#: Switch for replaying captured graphs (tests and benchmarks turn it off to compare).
+ENABLED = True
+
+
+@dataclass
+class _Captured:
+    graph: Any  # torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor, ...]
+    outputs: tuple[torch.Tensor, ...]
+
+
+_captured: dict[tuple[Any, ...], _Captured | None] = {}
+
+
+def replay(
+    key: tuple[Any, ...], fn: Callable[..., Sequence[torch.Tensor]], inputs: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, ...] | None:
+    """``fn(*inputs)`` through a graph captured for ``key``; None where graphs are off or capture failed.
+
+    ``fn`` must launch the same operations for every input of the same shapes (no host synchronisation,
+    no data-dependent control flow) and return tensors. The key must pin everything the operations
+    depend on besides the input values: shapes, dtypes, device, parameters.
+    """
+    if not ENABLED or not all(t.is_cuda for t in inputs):
+        return None
+    if key not in _captured:
+        _captured[key] = _capture(fn, inputs)
+    cap = _captured[key]
+    if cap is None:
+        return None
+    for slot, value in zip(cap.inputs, inputs, strict=True):
+        slot.copy_(value)
+    cap.graph.replay()
+    return tuple(t.clone() for t in cap.outputs)
+
+
+def _capture(fn: Callable[..., Sequence[torch.Tensor]], inputs: Sequence[torch.Tensor]) -> _Captured | None:
+    import torch
+
+    device = inputs[0].device
+    slots = tuple(t.clone() for t in inputs)
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up: library handles and workspaces exist before capture
+            fn(*(t.clone() for t in slots))
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = tuple(fn(*slots))
+    except RuntimeError:  # an operation that cannot be captured here
+        torch.cuda.synchronize(device)
+        return None
+    return _Captured(graph, slots, outputs)
+
+
+def release() -> None:
+    """Free every captured graph and the device memory it holds."""
+    _captured.clear()
