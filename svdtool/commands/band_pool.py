@@ -113,6 +113,7 @@ def solve_stream(
     waiting: dict[int, list[tuple[int, TensorInfo, torch.Tensor, float, torch.Tensor, float]]] = {}
 
     def reduce(k: int) -> None:
+        assert pool is not None  # only the band route fills ``waiting``
         group = waiting.pop(k)
         t0 = time.perf_counter()
         grams = [x[4] for x in group]
@@ -122,32 +123,34 @@ def solve_stream(
         del grams
         share = (time.perf_counter() - t0) / len(group)
         for (index, info, w, t_read, _, sec), host in zip(group, bands[: len(group)], strict=True):
-            future = pool.submit(band.band_eigenvalues, host)  # type: ignore[union-attr]
+            future = pool.submit(band.band_eigenvalues, host)
             pending.append(_Pending(index, info, w, t_read, sec + share, future))
 
-    for index, info, w, t_read in items:
-        t0 = time.perf_counter()
-        queued = len(pending) + sum(len(x) for x in waiting.values())
-        if pool is not None and min(w.shape) >= BAND_MIN and queued < processes * (1 + QUEUE_PER_PROCESS):
-            g = linalg.gram64(w, device)  # (k, k) float64
-            k = g.shape[0]
-            waiting.setdefault(k, []).append((index, info, w, t_read, g, time.perf_counter() - t0))
-            del g
-            if len(waiting[k]) == BAND_BATCH:
+    try:
+        for index, info, w, t_read in items:
+            t0 = time.perf_counter()
+            queued = len(pending) + sum(len(x) for x in waiting.values())
+            if pool is not None and min(w.shape) >= BAND_MIN and queued < processes * (1 + QUEUE_PER_PROCESS):
+                g = linalg.gram64(w, device)  # (k, k) float64
+                k = g.shape[0]
+                waiting.setdefault(k, []).append((index, info, w, t_read, g, time.perf_counter() - t0))
+                del g
+                if len(waiting[k]) == BAND_BATCH:
+                    reduce(k)
+            else:
+                sigma, method = linalg.singular_values(w, device)
+                yield make(index, info, sigma, method, time.perf_counter() - t0, t_read)
+            del w
+            yield from ready(block=False)
+        stopped = stop.is_set if stop is not None else (lambda: False)
+        for k in list(waiting):
+            if not stopped():
                 reduce(k)
-        else:
-            sigma, method = linalg.singular_values(w, device)
-            yield make(index, info, sigma, method, time.perf_counter() - t0, t_read)
-        del w
-        yield from ready(block=False)
-    stopped = stop.is_set if stop is not None else (lambda: False)
-    for k in list(waiting):
-        if not stopped():
-            reduce(k)
-    while pending and not stopped():
-        yield from ready(block=True)
-    for p in pending:
-        p.future.cancel()
-    cuda_graphs.release()
+        while pending and not stopped():
+            yield from ready(block=True)
+    finally:  # also on errors and when the consumer stops early
+        for p in pending:
+            p.future.cancel()
+        cuda_graphs.release()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
