@@ -85,12 +85,11 @@ def plan(ckpt: Checkpoint, include: list[str], exclude: list[str]) -> tuple[list
     return chosen, skipped
 
 
-def _device_label(device: torch.device, workers: list[Worker]) -> str:
-    helpers = sum(1 for w in workers if w.name.startswith("cpu"))
+def _device_label(device: torch.device, workers: list[Worker], helpers: int) -> str:
     if device.type == "cuda" and helpers:
-        return f"{describe_device(device)} + {helpers} CPU eigen-solvers"
+        return f"{describe_device(device)} + {helpers} CPU processes for band eigenvalues"
     if device.type == "cpu":
-        return f"{describe_device(device)}, {helpers} workers"
+        return f"{describe_device(device)}, {len(workers)} workers"
     return describe_device(device)
 
 
@@ -153,7 +152,7 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
             "spectrum",
             req.command,
             ckpt.meta,
-            device=_device_label(device, workers),
+            device=_device_label(device, workers, helpers),
             dtypes=dict(Counter(m.dtype for m in matrices)),
             methods=dict(Counter(m.method for m in matrices)),
             started=started,
