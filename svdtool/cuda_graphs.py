@@ -67,7 +67,9 @@ def _capture(fn: Callable[..., Sequence[torch.Tensor]], inputs: Sequence[torch.T
             fn(*(t.clone() for t in slots))
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: other threads (the reader uploading the next tensor) may keep using CUDA
+        # during the capture; only this thread's stream is being recorded.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             outputs = tuple(fn(*slots))
     except RuntimeError:  # an operation that cannot be captured here
         torch.cuda.synchronize(device)

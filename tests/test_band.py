@@ -210,3 +210,35 @@ def test_gpu_refinement_graphed_equals_eager(monkeypatch: pytest.MonkeyPatch) ->
         cuda_graphs.release()
     for seed in (0, 1):
         assert_close(results[(True, seed)], results[(False, seed)], "exact64")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_capture_while_another_thread_uploads() -> None:
+    # The reader thread keeps allocating and uploading while the GPU thread captures its graphs.
+    from svdtool import cuda_graphs
+
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            while not done.is_set():
+                x = torch.randn(512, 700).to("cuda")  # fresh allocations and host-to-device copies
+                del x
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    try:
+        g = torch.stack([_gram(520, 600, s) for s in range(2)]).cuda()
+        for b in (8, 12):  # two shapes: two captures
+            got = _eigs(band.reduce_to_band(g, b).cpu())
+            for x, ref in zip(got, torch.linalg.eigvalsh(g).cpu(), strict=True):
+                assert np.max(np.abs(x - ref.numpy())) <= 64 * np.finfo(np.float64).eps * float(ref[-1])
+    finally:
+        done.set()
+        thread.join()
+        cuda_graphs.release()
+    assert not errors
