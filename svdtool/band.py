@@ -6,9 +6,10 @@ solve does not overlap another. The two-stage route (Bischof–Lang–Sun's succ
 LAPACK's ``dsytrd_2stage`` and MAGMA) splits the work:
 
 1. :func:`reduce_to_band` — blocked Householder reduction to bandwidth b. Each panel of b columns is
-   QR-factored (``geqrf``) and the trailing matrix gets the two-sided update QᵀAQ as matrix–matrix
-   products, batched over a stack of equal-sized matrices. About 2n³ float64 flops per matrix on tensor
-   cores: milliseconds.
+   QR-factored (CholeskyQR2 and a block reflector, ``geqrf`` where that fails its check) and the
+   trailing matrix gets the two-sided update QᵀAQ as matrix–matrix products, batched over a stack of
+   equal-sized matrices. About 2n³ float64 flops per matrix on tensor cores: milliseconds; on a GPU
+   the whole sequence is replayed as one captured CUDA graph.
 2. :func:`band_eigenvalues` — the eigenvalues of the (b+1, n) band with LAPACK (``dsbevd`` through
    ``scipy.linalg.eig_banded``): O(n²b) flops in rotations, on one CPU core per matrix, so many matrices
    run side by side while the GPU reduces the next ones.
@@ -47,10 +48,9 @@ def reduce_to_band(a: torch.Tensor, b: int | None = None) -> torch.Tensor:
         raise ValueError(f"expected a stack of square matrices, got shape {tuple(a.shape)}")
     if b < 1:
         raise ValueError(f"bandwidth must be ≥ 1, got {b}")
-    # On a GPU the fast reduction is replayed as one captured graph (see svdtool.cuda_graphs).
-    graphed = cuda_graphs.replay(
-        ("band", tuple(a.shape), a.dtype, a.device, b), lambda x: _reduce(x.clone(), b, True), [a]
-    )
+    # On a GPU the fast reduction is replayed as one captured graph (see svdtool.cuda_graphs). It may
+    # reduce its input slot in place: every replay first copies ``a`` into that slot.
+    graphed = cuda_graphs.replay(("band", tuple(a.shape), a.dtype, a.device, b), lambda x: _reduce(x, b, True), [a])
     band, bad = graphed if graphed is not None else _reduce(a.clone(), b, fast=True)
     if not bool(bad):  # the one host synchronisation
         return band
@@ -104,8 +104,8 @@ def panel_householder(
     w = tau.shape[-1]
     v = torch.tril(qr[..., :w], -1)
     v.diagonal(dim1=-2, dim2=-1).fill_(1.0)  # (batch, m, w), unit lower trapezoidal
-    ok = torch.zeros((), dtype=torch.bool, device=panel.device)
-    return v, _compact_wy(v, tau), torch.triu(qr[:, :w, :]), ok
+    never_fails = torch.zeros((), dtype=torch.bool, device=panel.device)
+    return v, _compact_wy(v, tau), torch.triu(qr[:, :w, :]), never_fails
 
 
 #: CholeskyQR2's Q must be orthonormal to this (max |QᵀQ − I|) before its Householder vectors are trusted.

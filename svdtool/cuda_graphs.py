@@ -39,7 +39,8 @@ def replay(
     """``fn(*inputs)`` through a graph captured for ``key``; None where graphs are off or capture failed.
 
     ``fn`` must launch the same operations for every input of the same shapes (no host synchronisation,
-    no data-dependent control flow) and return tensors. The key must pin everything the operations
+    no data-dependent control flow) and return tensors; it may overwrite its inputs, which are the
+    graph's own slots, refilled before every replay. The key must pin everything the operations
     depend on besides the input values: shapes, dtypes, device, parameters.
     """
     if not ENABLED or not all(t.is_cuda for t in inputs):

@@ -18,6 +18,7 @@ TOL: dict[str, tuple[float, float]] = {
     "fraction4": (0.0, 5e-5),  # fractions that must agree to 4 decimals
     "svd_rel": (0.0, 1e-8),  # relative Frobenius distance of float64 truncated-SVD parts from the reference
     "orthonormal": (0.0, 1e-12),  # max |QᵀQ − I| of float64 singular vectors
+    "eig64_backward": (0.0, 64 * 2.220446049250313e-16),  # eigenvalues / λ_max after float64 similarities
     "factor_rel": (0.0, 2e-6),  # relative Frobenius distance of products of float32-stored factors
     "grad_fp32": (0.0, 1e-5),  # float32-accumulated gradients / max|G_ref|, against a float64 backward
 }
