@@ -76,9 +76,11 @@ class _Lazy(Mapping[str, Any]):
             raise KeyError(name)
         with safe_open(str(self.path), framework="pt") as fh:
             if self.mode == "exact":
-                return fh.get_tensor(name)
+                return _aligned(fh.get_tensor(name))
             return LowRankGradient(
-                fh.get_tensor(f"{name}::U"), fh.get_tensor(f"{name}::S"), fh.get_tensor(f"{name}::Vh")
+                _aligned(fh.get_tensor(f"{name}::U")),
+                _aligned(fh.get_tensor(f"{name}::S")),
+                _aligned(fh.get_tensor(f"{name}::Vh")),
             )
 
     def __iter__(self) -> Iterator[str]:
@@ -86,6 +88,15 @@ class _Lazy(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """A copy in fresh memory. ``safe_open`` hands out tensors at their offset in the file, which moves with
+    the header's length (it holds the cache path); CPU BLAS kernels round differently at different
+    alignments, and near-tied singular vectors turn those last bits into different adapters. Estimated
+    gradients live in fresh allocations, so a copy makes a reused cache give the same adapter, bit for bit.
+    """
+    return t.clone()
 
 
 def read_metadata(path: Path) -> dict[str, str]:
