@@ -6,7 +6,8 @@
 A Llama-2-7B-shaped model with random bf16 weights (N(0, 0.02²), seeded) is built in GPU memory; the
 calibration data are 128 samples × 1024 random token ids (loss on every token), batch 2 × 64 steps; the
 targets are all 7 linear types of every layer; r = 8, α = 16. Each configuration runs in a fresh
-subprocess, so peak memory (``torch.cuda.max_memory_allocated``, weights included) never carries over:
+subprocess, so peak memory (``torch.cuda.max_memory_allocated``, weights included; ``max_memory_reserved``,
+what the caching allocator took from the device, beside it) never carries over:
 
 * ``svdtool-exact``: float32 gradients folded inside backward (no ``.grad`` buffers), layer groups
   (default: auto, 2 for bf16), each group's G reduced to its top-2r triplets on the GPU
@@ -24,6 +25,7 @@ Targets from the issue: exact no slower than PEFT and no more peak memory; sketc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import subprocess
@@ -36,7 +38,9 @@ import torch
 
 # svdtool configs may carry ":MICRO[:GROUPS]" (micro-batch, layer groups): svdtool-sketch:2, svdtool-exact:2:1.
 # "floor" is a reference, not a method: forward + backward of the activation gradients only (no weight
-# gradient, no fold), the least any estimator that back-propagates must do.
+# gradient, no fold), the least any estimator that back-propagates must do; "floor:M" replays CUDA graphs
+# as svdtool does, "floor-eager:M" launches every kernel from Python. SVDTOOL_CUDA_GRAPHS=0 in the
+# environment runs the svdtool configurations eagerly too.
 CONFIGS = ("svdtool-exact", "svdtool-sketch", "peft")
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LLAMA2_7B = dict(layers=32, hidden=4096, intermediate=11008, vocab=32000, heads=32)
@@ -58,7 +62,7 @@ def build_model(dims: dict[str, int], device: torch.device, seed: int) -> Any:
         intermediate_size=dims["intermediate"],
         num_hidden_layers=dims["layers"],
         num_attention_heads=dims["heads"],
-        num_key_value_heads=dims["heads"],
+        num_key_value_heads=dims.get("kv", dims["heads"]),
         max_position_embeddings=4096,
         tie_word_embeddings=False,
     )
@@ -112,13 +116,18 @@ def _svdtool(args: argparse.Namespace, model: Any, ids: torch.Tensor, device: to
     sync(device)
     torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
     peaks: list[float] = []
+    seconds: list[float] = []
     if device.type == "cuda":  # record the peak of every pass (each group's)
         import svdtool.gradients.compute as compute_mod
 
         inner = compute_mod.run_pass
 
         def run_pass(*a: Any, **k: Any) -> Any:
+            sync(device)
+            t = time.perf_counter()
             out = inner(*a, **k)
+            sync(device)
+            seconds.append(round(time.perf_counter() - t, 2))
             peaks.append(round(torch.cuda.max_memory_allocated(device) / GiB, 2))
             return out
 
@@ -141,6 +150,8 @@ def _svdtool(args: argparse.Namespace, model: Any, ids: torch.Tensor, device: to
         "micro_batch": micro_size,
         "tokens_per_s": done.tokens_per_second,
         "pass_peaks_gib": peaks,
+        "pass_seconds": seconds,
+        "cuda_graphs": dataclasses.asdict(done.graph_stats),
     }
 
 
@@ -174,23 +185,35 @@ def _peft(args: argparse.Namespace, model: Any, ids: torch.Tensor, device: torch
 
 
 def _floor(args: argparse.Namespace, model: Any, ids: torch.Tensor, device: torch.device) -> dict[str, Any]:
+    """Forward + activation backward only; ``floor:M`` replays CUDA graphs like svdtool, ``floor-eager:M`` not."""
     from svdtool.calibration.encode import Encoded
     from svdtool.gradients.compute import micro_batches
-    from svdtool.gradients.passes import loss_of
+    from svdtool.gradients.graphed import GraphStats, StepRunner
+    from svdtool.gradients.passes import loss, to_device
 
     micro_size = int(args.worker.partition(":")[2] or args.batch_size)
     items = [Encoded(i, row.tolist(), row.tolist()) for i, row in enumerate(ids)]
     micro = micro_batches(items, args.batch_size, micro_size, 0)
     hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: o.detach().requires_grad_(True))
+    stats = GraphStats()
+    runner = StepRunner(device, enabled=not args.worker.startswith("floor-eager"), stats=stats)
     sync(device)
     torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
     t0 = time.perf_counter()
     for mb in micro:
-        loss_of(model, mb, device).backward()
+        runner.run(to_device(mb, device), lambda io: loss(model, io).backward())
     sync(device)
-    hook.remove()
     t = time.perf_counter() - t0
-    return {"grad_s": t, "init_s": 0.0, "total_s": t, "groups": 1, "micro_batch": micro_size}
+    runner.close()
+    hook.remove()
+    return {
+        "grad_s": t,
+        "init_s": 0.0,
+        "total_s": t,
+        "groups": 1,
+        "micro_batch": micro_size,
+        "cuda_graphs": dataclasses.asdict(stats),
+    }
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -208,6 +231,7 @@ def worker(args: argparse.Namespace) -> None:
     out["build_s"] = build_s
     if device.type == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated(device) / GiB
+        out["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GiB  # what the device really gave
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -292,15 +316,17 @@ def _drop_values(argv: list[str], names: tuple[str, ...]) -> list[str]:
 def _table(results: dict[str, dict[str, Any]]) -> None:
     peft = results.get("peft")
     print()
-    head = f"{'config':18} {'grad s':>8} {'init s':>8} {'total s':>8} {'peak GiB':>9}"
+    head = f"{'config':18} {'grad s':>8} {'init s':>8} {'total s':>8} {'peak GiB':>9} {'reserved':>9}"
     print(f"{head} {'× PEFT time':>12} {'× PEFT mem':>11}")
     for name, r in results.items():
         peak = r.get("peak_gib")
         t_ratio = f"{r['total_s'] / peft['total_s']:.2f}" if peft else "-"
         m_ratio = f"{peak / peft['peak_gib']:.2f}" if peft and peak and peft.get("peak_gib") else "-"
+        reserved = r.get("peak_reserved_gib")
         print(
             f"{name:18} {r['grad_s']:8.2f} {r['init_s']:8.2f} {r['total_s']:8.2f} "
-            f"{(f'{peak:.1f}' if peak else '-'):>9} {t_ratio:>12} {m_ratio:>11}"
+            f"{(f'{peak:.1f}' if peak else '-'):>9} {(f'{reserved:.1f}' if reserved else '-'):>9} "
+            f"{t_ratio:>12} {m_ratio:>11}"
         )
     print("targets: exact ≤ 1.00× PEFT time and memory; sketch ≤ 0.60× both")
 

@@ -12,6 +12,7 @@ caller runs ``fn`` eagerly. :func:`release` frees the captured graphs and the de
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-#: Switch for replaying captured graphs (tests and benchmarks turn it off to compare).
-ENABLED = True
+#: Switch for replaying captured graphs (tests and benchmarks turn it off to compare); the environment
+#: variable ``SVDTOOL_CUDA_GRAPHS=0`` turns it off for a run.
+ENABLED = os.environ.get("SVDTOOL_CUDA_GRAPHS", "1") != "0"
 
 
 @dataclass

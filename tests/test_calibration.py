@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from svdtool.calibration import PRESETS, CalibRequest, prepare_calibration
 from svdtool.calibration import readers as readers_mod
@@ -227,6 +228,19 @@ def test_collate_pads_right_and_masks_pads() -> None:
     assert batch["attention_mask"].tolist()[1] == [1, 1, 0]
     assert batch["labels"][1, 2].item() == IGNORE
     assert batch["input_ids"][1, 2].item() == tok.pad_token_id
+
+
+@pytest.mark.parametrize(("multiple", "width"), [(1, 3), (2, 4), (3, 3), (64, 64)])
+def test_collate_rounds_the_width_up_with_pads_that_carry_no_loss(multiple: int, width: int) -> None:
+    """CUDA graphs see few shapes: the width is rounded up to a multiple, and every extra column is a pad."""
+    tok = tiny_tokenizer()
+    items, _ = encode_examples([Example(0, text="a b c"), Example(1, text="the cat")], tok, 16)
+    plain, padded = collate(items, tok.pad_token_id), collate(items, tok.pad_token_id, multiple)
+    assert padded["input_ids"].shape == (2, width)
+    for key in plain:
+        assert torch.equal(padded[key][:, :3], plain[key])
+    assert (padded["attention_mask"][:, 3:] == 0).all() and (padded["labels"][:, 3:] == IGNORE).all()
+    assert (padded["input_ids"][:, 3:] == tok.pad_token_id).all()
 
 
 def test_alpaca_prompts_match_the_reference_templates() -> None:

@@ -3,7 +3,9 @@ bad inputs; and sketch-vs-exact singular subspaces on SmolLM2's real gradients."
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -182,6 +184,117 @@ def test_sketch_on_cuda_bf16(lora_ga_tiny: dict) -> None:
     for name, g in ref.items():
         _, _, energy = agreement(g, sk.factors[name].to("cpu"), 4)
         assert energy > 0.98, name
+
+
+def _graphs(monkeypatch: pytest.MonkeyPatch, enabled: bool, adaptive: bool = False) -> None:
+    """Graphs on or off; ``adaptive=False`` replays every step after the first, whatever the timing."""
+    from svdtool import cuda_graphs
+    from svdtool.gradients import graphed
+
+    monkeypatch.setattr(cuda_graphs, "ENABLED", enabled)
+    monkeypatch.setattr(graphed, "ADAPTIVE", adaptive)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    ("mode", "groups", "dtype", "source"),
+    [
+        ("exact", 1, "fp32", "qa"),
+        ("exact", 2, "bf16", "qa"),
+        ("exact", 2, "fp32", "long"),
+        ("sketch", 1, "fp32", "qa"),
+    ],
+    ids=["exact-one-pass", "exact-two-groups-bf16", "exact-two-groups-no-padding", "sketch"],
+)
+def test_graphed_steps_equal_eager_steps(
+    lora_ga_tiny: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, groups: int, dtype: str, source: str
+) -> None:
+    """Replayed CUDA graphs (widths padded to 64) fold the same gradients as eager steps on unpadded widths.
+
+    "long": every sample fills --max-length 64, so no step has padding and the model runs without a mask.
+    """
+    from tests.lora_ga_support import sentence, write_jsonl
+
+    if source == "long":
+        rng = random.Random(0)
+        data = write_jsonl(tmp_path / "long.jsonl", [{"text": sentence(rng, 120)} for _ in range(12)])
+        calib = CalibRequest(str(data), samples=10, max_length=64, batch_size=2)
+    else:
+        calib = CalibRequest(str(lora_ga_tiny[source]), samples=10, max_length=24, batch_size=2, seed=3)
+    req = GradientRequest(
+        str(lora_ga_tiny["llama"]), calib, device="cuda", dtype=dtype, mode=mode, groups=groups, sketch_rank=4
+    )
+    _graphs(monkeypatch, True)
+    graphed = estimate_gradients(req)
+    _graphs(monkeypatch, False)
+    eager = estimate_gradients(req)
+    stats = graphed.info.cuda_graphs
+    assert stats["failed"] == 0 and stats["eager"] == groups, stats  # one warm-up step per pass
+    assert stats["captured"] >= groups and stats["replayed"] == 5 * groups - stats["eager"], stats
+    assert eager.info.cuda_graphs["replayed"] == 0
+    # fp32: the same sums in another order; bf16: activations rounded by GEMMs of other widths.
+    tol = "grad_fp32" if dtype == "fp32" and mode == "exact" else "bf16"
+    for name in graphed.shapes:
+        if mode == "exact":
+            a, b = graphed.grads[name].cpu().double(), eager.grads[name].cpu().double()
+        else:
+            fa, fb = graphed.factors[name].to("cpu", torch.float64), eager.factors[name].to("cpu", torch.float64)
+            a, b = (fa.U * fa.S) @ fa.Vh, (fb.U * fb.S) @ fb.Vh
+        assert_close(a / b.abs().max(), b / b.abs().max(), tol, name)
+
+
+def _eager_run(
+    tiny: dict, monkeypatch: pytest.MonkeyPatch, samples: int, dtype: str, groups: int
+) -> tuple[GradientRequest, Any]:
+    """A CUDA request on the tiny Llama (batches of 2), and its estimate with graphs off."""
+    calib = CalibRequest(str(tiny["qa"]), samples=samples, max_length=24, batch_size=2)
+    req = GradientRequest(str(tiny["llama"]), calib, device="cuda", dtype=dtype, groups=groups)
+    _graphs(monkeypatch, False)
+    return req, estimate_gradients(req)
+
+
+def _same_gradients(actual: Any, expected: Any) -> None:
+    """Float32 folds of the same products in another order: equal to 1e-5 of the largest entry."""
+    for name, g in expected.items():
+        scale = g.abs().max().cpu().double()
+        assert_close(actual[name].cpu().double() / scale, g.cpu().double() / scale, "grad_fp32", name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_adaptive_graphs_keep_the_gradient(lora_ga_tiny: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default: two eager steps, one timed replay, then graphs or eager for the rest; same gradient."""
+    req, eager = _eager_run(lora_ga_tiny, monkeypatch, samples=16, dtype="fp32", groups=2)
+    _graphs(monkeypatch, True, adaptive=True)
+    auto = estimate_gradients(req)
+    stats = auto.info.cuda_graphs
+    assert stats["eager"] + stats["replayed"] == 16 and stats["failed"] == 0, stats
+    assert stats["captured"] >= 2 and stats["replayed"] >= 2 and stats["eager"] >= 4, stats
+    if stats["dropped"] == 0:  # a tiny model: the host sets the pace, so graphs win and stay
+        assert stats["replayed"] == 12, stats
+    _same_gradients(auto.grads, eager.grads)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_failed_capture_leaves_the_steps_eager(lora_ga_tiny: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that synchronises cannot be captured: that shape runs eagerly, and the gradient is unchanged."""
+    from svdtool.gradients import passes
+
+    req, eager = _eager_run(lora_ga_tiny, monkeypatch, samples=6, dtype="bf16", groups=1)
+    inner = passes.loss
+
+    def syncing_loss(model: torch.nn.Module, io: passes.StepInputs) -> torch.Tensor:
+        out = inner(model, io)
+        out.item()  # a host read: not allowed while a stream is being captured
+        return out
+
+    monkeypatch.setattr(passes, "loss", syncing_loss)
+    _graphs(monkeypatch, True)
+    fell_back = estimate_gradients(req)
+    assert fell_back.info.cuda_graphs == {"captured": 0, "replayed": 0, "eager": 3, "failed": 1, "dropped": 0}
+    _same_gradients(fell_back.grads, eager.grads)
 
 
 # ---------------------------------------------------------------- SmolLM2: sketch vs exact subspaces

@@ -129,11 +129,15 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def collate(items: list[Encoded], pad: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (pads are IGNORE) for one batch."""
+def collate(items: list[Encoded], pad: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (pads are IGNORE) for one batch.
+
+    The width is the longest item's, rounded up to ``multiple`` (fewer distinct shapes for CUDA graphs).
+    """
     import torch
 
     width = max(len(e.input_ids) for e in items)
+    width = -(-width // multiple) * multiple
     ids = torch.full((len(items), width), pad, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE, dtype=torch.long)

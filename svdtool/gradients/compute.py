@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from svdtool.gradients import fold as folds
+from svdtool.gradients.graphed import GraphStats
 from svdtool.gradients.model import Target, blocks
 from svdtool.gradients.passes import MicroBatch, PassPlan, Timer, check_chain, run_pass
 from svdtool.runtime import Progress, SilentProgress
@@ -40,6 +41,7 @@ class ComputeSettings:
     seed: int = 0
     snapshots: list[int] = field(default_factory=list)  # logical-batch counts at which to copy the running mean
     keep_on_device: bool = False  # leave every exact gradient on the device (else the last group's only)
+    graphs: bool = True  # replay steps as CUDA graphs where possible (never with offload)
 
 
 @dataclass
@@ -50,10 +52,14 @@ class Computed:
     batches: int
     seconds: float
     tokens_per_second: float
+    graph_stats: GraphStats = field(default_factory=GraphStats)
 
 
-def micro_batches(items: list[Any], batch_size: int, micro: int, pad: int) -> list[MicroBatch]:
-    """Logical batches of ``batch_size`` examples, split into micro-batches of at most ``micro``."""
+def micro_batches(items: list[Any], batch_size: int, micro: int, pad: int, multiple: int = 1) -> list[MicroBatch]:
+    """Logical batches of ``batch_size`` examples, split into micro-batches of at most ``micro``.
+
+    Each micro-batch is padded to its longest item, rounded up to ``multiple`` tokens.
+    """
     from svdtool.calibration.encode import batches, collate
 
     out = []
@@ -62,7 +68,8 @@ def micro_batches(items: list[Any], batch_size: int, micro: int, pad: int) -> li
         for start in range(0, len(group), micro):
             part = group[start : start + micro]
             tokens = sum(len(e.input_ids) for e in part)
-            out.append(MicroBatch(b, collate(part, pad), norm, len(part), tokens, start + micro >= len(group)))
+            last = start + micro >= len(group)
+            out.append(MicroBatch(b, collate(part, pad, multiple), norm, len(part), tokens, last))
     return out
 
 
@@ -181,6 +188,8 @@ def compute_gradients(
     prev_low = 0
     live: dict[str, Any] = {}  # the group being folded: {"states", "index"}
     xo_cache = folds.XOmegaCache()
+    stats = GraphStats()
+    graphs = settings.graphs and not settings.offload  # host accumulators synchronise: not capturable
 
     def on_step(mb: MicroBatch) -> None:
         nonlocal done
@@ -208,7 +217,7 @@ def compute_gradients(
             live["states"] = states
 
             try:
-                deltas = run_pass(model, plan, micro, device, deltas, delta_device, on_step)
+                deltas = run_pass(model, plan, micro, device, deltas, delta_device, on_step, graphs, stats)
             finally:
                 for h in handles:
                     h.remove()
@@ -220,9 +229,8 @@ def compute_gradients(
     finally:
         progress.finish()
     seconds = timer()
-    return Computed(
-        results, snapshots, len(groups), n_batches, seconds, total_tokens * len(groups) / max(seconds, 1e-9)
-    )
+    rate = total_tokens * len(groups) / max(seconds, 1e-9)
+    return Computed(results, snapshots, len(groups), n_batches, seconds, rate, stats)
 
 
 def _finish(

@@ -13,6 +13,7 @@ groups (:mod:`svdtool.gradients.passes`) only 1/K of the accumulators exist at a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from svdtool.calibration import CalibRequest, prepare_calibration
 from svdtool.calibration.encode import pad_id
 from svdtool.errors import SvdtoolError
 from svdtool.gradients.compute import SKETCH_OVERSAMPLE, ComputeSettings, compute_gradients, micro_batches
+from svdtool.gradients.graphed import width_multiple
 from svdtool.gradients.model import Target, find_targets, load_weights, open_model
 from svdtool.gradients.passes import Timer
 from svdtool.results.gradients import CalibrationInfo, GradientInfo
@@ -132,7 +134,8 @@ def estimate_gradients(
     calib = prepare_calibration(req.calib, src.tokenizer)  # data errors surface before the weights load
     model = load_weights(src, device)
     targets = find_targets(model, req.targets, _checkpoint_names(src.folder))
-    micro = micro_batches(calib.items, req.calib.batch_size, micro_size, pad_id(src.tokenizer))
+    multiple = width_multiple(device, graphs=not req.offload)
+    micro = micro_batches(calib.items, req.calib.batch_size, micro_size, pad_id(src.tokenizer), multiple)
     bs = req.calib.batch_size
     settings = ComputeSettings(
         mode=req.mode,
@@ -164,6 +167,7 @@ def estimate_gradients(
         sketch=_sketch_info(targets, req) if req.mode == "sketch" else {},
         cache=str(req.cache) if req.cache else None,
         transposed=[t.name for t in targets if t.transposed],
+        cuda_graphs=dataclasses.asdict(done.graph_stats) if device.type == "cuda" else {},
     )
     shapes = {t.name: (t.out_features, t.in_features) for t in targets}
     ordered = {t.name: done.results[t.name] for t in targets}

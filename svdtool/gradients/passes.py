@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from svdtool.errors import SvdtoolError
+from svdtool.gradients.graphed import GraphStats, StepInputs, StepRunner
 
 if TYPE_CHECKING:
     import torch
@@ -53,20 +54,36 @@ def _hidden(value: Any) -> torch.Tensor:
     return h
 
 
-def loss_of(model: nn.Module, mb: MicroBatch, device: torch.device) -> torch.Tensor:
+def to_device(mb: MicroBatch, device: torch.device, delta: torch.Tensor | None = None) -> StepInputs:
+    """The micro-batch's tensors on ``device``; the mask is dropped when nothing is padded (same result)."""
+    import torch
+
+    mask = mb.inputs["attention_mask"]
+    return StepInputs(
+        ids=mb.inputs["input_ids"].to(device, non_blocking=True),
+        mask=None if bool(mask.all()) else mask.to(device, non_blocking=True),
+        labels=mb.inputs["labels"].to(device, non_blocking=True),
+        norm=torch.tensor(mb.norm, dtype=torch.float32).to(device, non_blocking=True),
+        delta=None if delta is None else delta.to(device, non_blocking=True),
+    )
+
+
+def loss(model: nn.Module, io: StepInputs) -> torch.Tensor:
     """Σ over target tokens of the next-token cross-entropy, divided by N_b (float32)."""
     import torch
 
-    ids = mb.inputs["input_ids"].to(device, non_blocking=True)
-    mask = mb.inputs["attention_mask"].to(device, non_blocking=True)
-    labels = mb.inputs["labels"].to(device, non_blocking=True)
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, T, V)
+    logits = model(input_ids=io.ids, attention_mask=io.mask, use_cache=False).logits  # (B, T, V)
     shift = logits[:, :-1].float()
-    target = labels[:, 1:]
+    target = io.labels[:, 1:]
     ce = torch.nn.functional.cross_entropy(
         shift.reshape(-1, shift.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
     )
-    return ce / mb.norm
+    return ce / io.norm
+
+
+def loss_of(model: nn.Module, mb: MicroBatch, device: torch.device) -> torch.Tensor:
+    """:func:`loss` of a micro-batch still on the host."""
+    return loss(model, to_device(mb, device))
 
 
 @dataclass
@@ -87,8 +104,14 @@ def run_pass(
     deltas_in: list[torch.Tensor] | None,
     delta_device: torch.device,
     on_step: Callable[[MicroBatch], None],
+    graphs: bool = True,
+    stats: GraphStats | None = None,
 ) -> list[torch.Tensor]:
-    """Run every micro-batch through the pass; returns the stored δ at the group's bottom (empty for the last pass)."""
+    """Run every micro-batch through the pass; returns the stored δ at the group's bottom (empty for the last pass).
+
+    On CUDA the steps after the first are replayed as captured graphs unless ``graphs`` is False
+    (:mod:`svdtool.gradients.graphed`); the folds' results are the same either way.
+    """
     import torch
 
     deltas_out: list[torch.Tensor] = []
@@ -110,6 +133,25 @@ def run_pass(
         # The lowest pass back-propagates from the embedding output, so that every target output requires grad.
         return output.detach().requires_grad_(True)
 
+    def step(io: StepInputs) -> torch.Tensor | None:
+        """One micro-batch: forward, backward (the folds run inside it), and the δ at the group's bottom."""
+        if plan.top:
+            loss(model, io).backward()
+        else:
+            try:
+                model(input_ids=io.ids, attention_mask=io.mask, use_cache=False)
+                raise SvdtoolError("the forward pass never reached the group's top block; use --grad-groups 1")
+            except _Stop as s:
+                h = _hidden(s.output)
+            assert io.delta is not None
+            if io.delta.shape != h.shape:
+                raise SvdtoolError("block outputs changed shape between passes; use --grad-groups 1")
+            torch.autograd.backward(h, io.delta)
+        if plan.bottom:
+            return None
+        leaf = captured.pop("leaf")
+        return leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+
     if plan.bottom:
         embed = model.get_input_embeddings()  # type: ignore[operator]
         handles.append(embed.register_forward_hook(input_leaf))
@@ -117,30 +159,24 @@ def run_pass(
         handles.append(plan.low_block.register_forward_pre_hook(capture_input, with_kwargs=True))
     if not plan.top:
         handles.append(plan.high_block.register_forward_hook(stop))
+    runner = StepRunner(device, graphs, stats)
     try:
         for i, mb in enumerate(micro):
-            if plan.top:
-                loss_of(model, mb, device).backward()
-            else:
+            delta = None
+            if not plan.top:
                 assert deltas_in is not None
-                try:
-                    ids = mb.inputs["input_ids"].to(device, non_blocking=True)
-                    mask = mb.inputs["attention_mask"].to(device, non_blocking=True)
-                    model(input_ids=ids, attention_mask=mask, use_cache=False)
-                    raise SvdtoolError("the forward pass never reached the group's top block; use --grad-groups 1")
-                except _Stop as s:
-                    h = _hidden(s.output)
-                delta = deltas_in[i].to(h.device, non_blocking=True)
-                if delta.shape != h.shape:
-                    raise SvdtoolError("block outputs changed shape between passes; use --grad-groups 1")
-                torch.autograd.backward(h, delta)
-                deltas_in[i] = None  # type: ignore[call-overload]  # free it as soon as it is used
-            if not plan.bottom:
-                leaf = captured.pop("leaf")
-                grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
-                deltas_out.append(grad.to(delta_device, non_blocking=True))
+                delta = deltas_in[i]
+            io = to_device(mb, device, delta)
+            if not plan.top:
+                deltas_in[i] = None  # type: ignore[index, call-overload]  # free it as soon as it is used
+            del delta
+            out = runner.run(io, step)
+            del io
+            if out is not None:
+                deltas_out.append(out.to(delta_device, non_blocking=True))
             on_step(mb)
     finally:
+        runner.close()
         for hd in handles:
             hd.remove()
     return deltas_out
@@ -168,9 +204,8 @@ def check_chain(model: nn.Module, blocks: list[nn.Module], micro: MicroBatch, de
         handles.append(blk.register_forward_hook(post))
     try:
         with torch.no_grad():
-            ids = micro.inputs["input_ids"].to(device)
-            mask = micro.inputs["attention_mask"].to(device)
-            model(input_ids=ids, attention_mask=mask, use_cache=False)
+            io = to_device(micro, device)
+            model(input_ids=io.ids, attention_mask=io.mask, use_cache=False)
     finally:
         for hd in handles:
             hd.remove()

@@ -59,3 +59,4 @@ class GradientInfo:
     cache: str | None = None
     from_cache: bool = False
     transposed: list[str] = field(default_factory=list)  # targets stored (in, out) in the checkpoint (GPT-2 Conv1D)
+    cuda_graphs: dict[str, int] = field(default_factory=dict)  # CUDA: steps captured / replayed / eager / failed
