@@ -188,7 +188,7 @@ def _floor(args: argparse.Namespace, model: Any, ids: torch.Tensor, device: torc
     """Forward + activation backward only; ``floor:M`` replays CUDA graphs like svdtool, ``floor-eager:M`` not."""
     from svdtool.calibration.encode import Encoded
     from svdtool.gradients.compute import micro_batches
-    from svdtool.gradients.graphed import GraphStats, StepRunner
+    from svdtool.gradients.graphed import GraphStats, StepRunner, usable
     from svdtool.gradients.passes import loss, to_device
 
     micro_size = int(args.worker.partition(":")[2] or args.batch_size)
@@ -196,7 +196,7 @@ def _floor(args: argparse.Namespace, model: Any, ids: torch.Tensor, device: torc
     micro = micro_batches(items, args.batch_size, micro_size, 0)
     hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: o.detach().requires_grad_(True))
     stats = GraphStats()
-    runner = StepRunner(device, enabled=not args.worker.startswith("floor-eager"), stats=stats)
+    runner = StepRunner(device, usable(device, False) and not args.worker.startswith("floor-eager"), stats)
     sync(device)
     torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
     t0 = time.perf_counter()

@@ -41,7 +41,6 @@ class ComputeSettings:
     seed: int = 0
     snapshots: list[int] = field(default_factory=list)  # logical-batch counts at which to copy the running mean
     keep_on_device: bool = False  # leave every exact gradient on the device (else the last group's only)
-    graphs: bool = True  # replay steps as CUDA graphs where possible (never with offload)
 
 
 @dataclass
@@ -189,7 +188,6 @@ def compute_gradients(
     live: dict[str, Any] = {}  # the group being folded: {"states", "index"}
     xo_cache = folds.XOmegaCache()
     stats = GraphStats()
-    graphs = settings.graphs and not settings.offload  # host accumulators synchronise: not capturable
 
     def on_step(mb: MicroBatch) -> None:
         nonlocal done
@@ -217,7 +215,7 @@ def compute_gradients(
             live["states"] = states
 
             try:
-                deltas = run_pass(model, plan, micro, device, deltas, delta_device, on_step, graphs, stats)
+                deltas = run_pass(model, plan, micro, device, deltas, delta_device, on_step, settings.offload, stats)
             finally:
                 for h in handles:
                     h.remove()

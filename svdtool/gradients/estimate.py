@@ -134,7 +134,7 @@ def estimate_gradients(
     calib = prepare_calibration(req.calib, src.tokenizer)  # data errors surface before the weights load
     model = load_weights(src, device)
     targets = find_targets(model, req.targets, _checkpoint_names(src.folder))
-    multiple = width_multiple(device, graphs=not req.offload)
+    multiple = width_multiple(device, req.offload)
     micro = micro_batches(calib.items, req.calib.batch_size, micro_size, pad_id(src.tokenizer), multiple)
     bs = req.calib.batch_size
     settings = ComputeSettings(

@@ -48,9 +48,14 @@ KEEP_RATIO = 0.9
 ADAPTIVE = True
 
 
-def width_multiple(device: torch.device, graphs: bool) -> int:
+def usable(device: torch.device, offload: bool) -> bool:
+    """Whether steps may be graphed: on CUDA, graphs not turned off, accumulators not in host memory (they sync)."""
+    return cuda_graphs.ENABLED and device.type == "cuda" and not offload
+
+
+def width_multiple(device: torch.device, offload: bool) -> int:
     """Pad calibration widths to this multiple: :data:`WIDTH_MULTIPLE` where steps may be graphed, else 1."""
-    return WIDTH_MULTIPLE if graphs and cuda_graphs.ENABLED and device.type == "cuda" else 1
+    return WIDTH_MULTIPLE if usable(device, offload) else 1
 
 
 @dataclass
@@ -110,7 +115,7 @@ class StepRunner:
 
     def __init__(self, device: torch.device, enabled: bool, stats: GraphStats | None = None) -> None:
         self.device = device
-        self.enabled = enabled and cuda_graphs.ENABLED and device.type == "cuda"
+        self.enabled = enabled and device.type == "cuda"
         self.steps = 0
         self.eager_per_token: float | None = None  # seconds, step 2
         self.decided = not ADAPTIVE

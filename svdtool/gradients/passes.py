@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from svdtool.errors import SvdtoolError
+from svdtool.gradients import graphed
 from svdtool.gradients.graphed import GraphStats, StepInputs, StepRunner
 
 if TYPE_CHECKING:
@@ -104,13 +105,13 @@ def run_pass(
     deltas_in: list[torch.Tensor] | None,
     delta_device: torch.device,
     on_step: Callable[[MicroBatch], None],
-    graphs: bool = True,
+    offload: bool = False,
     stats: GraphStats | None = None,
 ) -> list[torch.Tensor]:
     """Run every micro-batch through the pass; returns the stored δ at the group's bottom (empty for the last pass).
 
-    On CUDA the steps after the first are replayed as captured graphs unless ``graphs`` is False
-    (:mod:`svdtool.gradients.graphed`); the folds' results are the same either way.
+    On CUDA, steps may be replayed as captured graphs (:mod:`svdtool.gradients.graphed`; never with host-offloaded
+    accumulators); the folds' results are the same either way.
     """
     import torch
 
@@ -159,17 +160,13 @@ def run_pass(
         handles.append(plan.low_block.register_forward_pre_hook(capture_input, with_kwargs=True))
     if not plan.top:
         handles.append(plan.high_block.register_forward_hook(stop))
-    runner = StepRunner(device, graphs, stats)
+    runner = StepRunner(device, graphed.usable(device, offload), stats)
     try:
         for i, mb in enumerate(micro):
-            delta = None
-            if not plan.top:
-                assert deltas_in is not None
-                delta = deltas_in[i]
-            io = to_device(mb, device, delta)
-            if not plan.top:
-                deltas_in[i] = None  # type: ignore[index, call-overload]  # free it as soon as it is used
-            del delta
+            # Every pass but the top one back-propagates the δ the previous pass stored.
+            io = to_device(mb, device, None if deltas_in is None else deltas_in[i])
+            if deltas_in is not None:
+                deltas_in[i] = None  # type: ignore[call-overload]  # free it as soon as it is used
             out = runner.run(io, step)
             del io
             if out is not None:
