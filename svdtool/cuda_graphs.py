@@ -8,6 +8,8 @@ H100 host, docs/benchmarks.md). A captured graph launches them all at once.
 into the graph's own input tensors and returning clones of its outputs. Where capture fails (an
 operation that cannot be captured on this setup) it returns None once and for all for that key, and the
 caller runs ``fn`` eagerly. :func:`release` frees the captured graphs and the device memory they hold.
+:func:`on_side_stream` and :func:`capture` are the two steps of a capture, for callers that keep their own
+graphs (calibration steps, :mod:`svdtool.gradients.graphed`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 #: Switch for replaying captured graphs (tests and benchmarks turn it off to compare); the environment
 #: variable ``SVDTOOL_CUDA_GRAPHS=0`` turns it off for a run.
@@ -59,25 +63,50 @@ def replay(
 
 
 def _capture(fn: Callable[..., Sequence[torch.Tensor]], inputs: Sequence[torch.Tensor]) -> _Captured | None:
-    import torch
-
     device = inputs[0].device
     slots = tuple(t.clone() for t in inputs)
     try:
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up: library handles and workspaces exist before capture
-            fn(*(t.clone() for t in slots))
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads (the reader uploading the next tensor) may keep using CUDA
-        # during the capture; only this thread's stream is being recorded.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            outputs = tuple(fn(*slots))
+        # warm-up: library handles and workspaces exist before capture
+        on_side_stream(device, lambda: fn(*(t.clone() for t in slots)))
+    except RuntimeError:  # an operation that cannot run here
+        import torch
+
+        torch.cuda.synchronize(device)
+        return None
+    # thread_local: other threads (the reader uploading the next tensor) may keep using CUDA during the
+    # capture; only this thread's stream is being recorded.
+    captured = capture(device, lambda: tuple(fn(*slots)), mode="thread_local")
+    return None if captured is None else _Captured(captured[0], slots, captured[1])
+
+
+def on_side_stream(device: torch.device, fn: Callable[[], T]) -> T:
+    """``fn()`` on a fresh stream, as torch asks of the warm-up before a capture; later work waits for it."""
+    import torch
+
+    main = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        out = fn()
+    main.wait_stream(side)  # everything after (frees and reuse of its memory included) waits for it
+    return out
+
+
+def capture(device: torch.device, fn: Callable[[], T], pool: Any = None, mode: str = "global") -> tuple[Any, T] | None:
+    """(graph, what ``fn`` returned) with ``fn``'s kernels recorded, not run; None where capture fails.
+
+    ``pool``: another graph's memory pool to share. Entering a capture synchronises and empties the cache.
+    """
+    import torch
+
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
+            out = fn()
     except RuntimeError:  # an operation that cannot be captured here
         torch.cuda.synchronize(device)
         return None
-    return _Captured(graph, slots, outputs)
+    return graph, out
 
 
 def release() -> None:

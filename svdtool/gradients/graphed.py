@@ -152,18 +152,10 @@ class StepRunner:
         return out
 
     def _eager(self, io: StepInputs, body: Body, side_stream: bool = False) -> torch.Tensor | None:
-        import torch
-
         self.stats.eager += 1
         if not side_stream:
             return body(io)
-        main = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            out = body(io)
-        main.wait_stream(side)  # everything after (frees and reuse of this step's memory included) waits for it
-        return out
+        return cuda_graphs.on_side_stream(self.device, lambda: body(io))
 
     def _replay(self, g: _Graph, io: StepInputs) -> torch.Tensor | None:
         g.inputs.fill(io)
@@ -181,19 +173,14 @@ class StepRunner:
         return out, time.perf_counter() - t0
 
     def _capture(self, io: StepInputs, body: Body) -> _Graph | None:
-        import torch
-
         slots = io.clone()
-        graph = torch.cuda.CUDAGraph()
-        try:
-            # Entering the capture synchronises and empties the cache, so the eager steps' freed memory is
-            # given back before the graph's pool grows.
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = body(slots)
-        except RuntimeError:  # an operation that cannot be captured here: this shape stays eager
-            torch.cuda.synchronize(self.device)
+        # Entering the capture empties the cache, so the eager steps' freed memory is given back before the
+        # graph's pool grows.
+        captured = cuda_graphs.capture(self.device, lambda: body(slots), pool=self.pool)
+        if captured is None:  # this shape stays eager
             self.stats.failed += 1
             return None
+        graph, out = captured
         if self.pool is None:
             self.pool = graph.pool()
         self.stats.captured += 1
