@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from make_checkpoint import LLAMA2_7B, SMALL, make_llama_checkpoint  # noqa: E402
 
-from svdtool import band  # noqa: E402
+from svdtool import band, bulge  # noqa: E402
 from svdtool.commands.spectrum import SpectrumRequest, run_spectrum  # noqa: E402
 from svdtool.loading import open_checkpoint  # noqa: E402
 
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--sweep", default="", help="extra --cpu-workers values to time, e.g. 6,10")
     ap.add_argument("--no-cold", action="store_true", help="skip the run with the page cache dropped")
-    ap.add_argument("--bandwidths", default="16,64", help="other band widths to time (default run: band.BANDWIDTH)")
+    ap.add_argument("--bandwidths", default="16", help="other GPU-chase band widths to time")
     args = ap.parse_args()
     device = torch.device(args.device)
     dims = SMALL if args.small else LLAMA2_7B
@@ -80,28 +80,31 @@ def main() -> None:
     rows = []
     # Warm-up: CUDA context, cuSOLVER handles, page cache.
     run_spectrum(SpectrumRequest(model=str(path), device=args.device, include=["*layers.0.*"]))
-    default_b = band.BANDWIDTH
-    configs = [(f"svdtool (default: band {default_b}), warm cache", None, False, default_b)]
+    # (label, --cpu-workers, cold cache, width of the GPU chase or None for the CPU band route)
+    chase_b = bulge.BANDWIDTH if bulge.available(device) else None
+    configs = [(f"svdtool (default: band {chase_b or band.BANDWIDTH}), warm cache", None, False, chase_b)]
     if device.type == "cuda":
         if not args.no_cold:
-            configs.append(("svdtool (default), cold cache", None, True, default_b))
-        for b in map(int, filter(None, args.bandwidths.split(","))):
-            configs.append((f"svdtool (band {b}), warm cache", None, False, b))
+            configs.append(("svdtool (default), cold cache", None, True, chase_b))
+        if chase_b is not None:
+            for b in map(int, filter(None, args.bandwidths.split(","))):
+                configs.append((f"svdtool (GPU chase, band {b}), warm cache", None, False, b))
+            configs.append((f"svdtool (CPU band route: dsbevd, band {band.BANDWIDTH}), warm cache", None, False, None))
         for n in filter(None, args.sweep.split(",")):
-            configs.append((f"svdtool (GPU + {n} CPU processes), warm cache", int(n), False, default_b))
-        configs.append(("svdtool (GPU alone, --cpu-workers 0: cuSOLVER syevd), warm cache", 0, False, default_b))
+            configs.append((f"svdtool (GPU + {n} CPU processes), warm cache", int(n), False, chase_b))
+        configs.append(("svdtool without the GPU chase, --cpu-workers 0 (cuSOLVER syevd), warm cache", 0, False, None))
     result = None
     for label, cpu_workers, cold, width in configs:
         if cold and not drop_page_cache():
             print("cannot drop the page cache (not root?): skipping the cold run", file=sys.stderr)
             continue
-        band.BANDWIDTH = width
+        bulge.ENABLED, bulge.BANDWIDTH = width is not None, width or chase_b or band.BANDWIDTH
         sync(device)
         t = time.perf_counter()
         run = run_spectrum(SpectrumRequest(model=str(path), device=args.device, cpu_workers=cpu_workers))
         sync(device)
         wall = time.perf_counter() - t
-        band.BANDWIDTH = default_b
+        bulge.ENABLED, bulge.BANDWIDTH = chase_b is not None, chase_b or bulge.BANDWIDTH
         result = result or run
         m = run.result.manifest
         rows.append(

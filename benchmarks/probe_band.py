@@ -30,17 +30,22 @@ def timed(f, reps=3):
     return start.elapsed_time(end) / 1e3 / reps
 
 
-def main() -> None:
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
-    print("torch", torch.__version__, torch.cuda.get_device_name(0), "cpus", os.cpu_count(), cpu, flush=True)
-    dev = torch.device("cuda")
-    n, batch = 4096, 16
+def random_grams(n: int, batch: int, dev: torch.device) -> torch.Tensor:
+    """(batch, n, n) float64 Gram matrices of seeded random bf16 weights with N(0, 0.02²) entries."""
     torch.manual_seed(0)
     grams = []
     for _ in range(batch):
         w = (torch.randn(n, n, device=dev) * 0.02).to(torch.bfloat16).double()
         grams.append(w @ w.T)
-    g = torch.stack(grams)
+    return torch.stack(grams)
+
+
+def main() -> None:
+    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
+    print("torch", torch.__version__, torch.cuda.get_device_name(0), "cpus", os.cpu_count(), cpu, flush=True)
+    dev = torch.device("cuda")
+    n, batch = 4096, 16
+    g = random_grams(n, batch, dev)
     print("eigvalsh (syevd) per matrix s", round(timed(lambda: torch.linalg.eigvalsh(g[0])), 4), flush=True)
     bands = {}
     from svdtool import cuda_graphs

@@ -10,7 +10,8 @@ LAPACK's ``dsytrd_2stage`` and MAGMA) splits the work:
    trailing matrix gets the two-sided update QᵀAQ as matrix–matrix products, batched over a stack of
    equal-sized matrices. About 2n³ float64 flops per matrix on tensor cores: milliseconds; on a GPU
    the whole sequence is replayed as one captured CUDA graph.
-2. :func:`band_eigenvalues` — the eigenvalues of the (b+1, n) band with LAPACK (``dsbevd`` through
+2. the band's eigenvalues: on a GPU with Triton, :mod:`svdtool.bulge` chases the band down to tridiagonal
+   form and bisects (milliseconds); otherwise :func:`band_eigenvalues` uses LAPACK (``dsbevd`` through
    ``scipy.linalg.eig_banded``): O(n²b) flops in rotations, on one CPU core per matrix, so many matrices
    run side by side while the GPU reduces the next ones.
 
@@ -29,8 +30,8 @@ from svdtool import cuda_graphs
 if TYPE_CHECKING:
     import torch
 
-#: Default bandwidth: the CPU stage costs O(n²b), the GPU stage O(n³/b) in memory traffic; 16 was the fastest
-#: end to end on an H100 host with 16 CPU threads (docs/benchmarks.md).
+#: Default bandwidth of the CPU band route (:mod:`svdtool.bulge` has its own): the CPU stage costs O(n²b), the
+#: GPU stage O(n³/b) in memory traffic; 16 was the fastest end to end on an H100 host with 16 CPU threads.
 BANDWIDTH = 16
 
 

@@ -53,10 +53,9 @@ def gram64(w: torch.Tensor, device: torch.device, chunk_elements: int = CHUNK_EL
     return g
 
 
-def _sqrt_desc(eig: torch.Tensor) -> np.ndarray:
-    # eigvalsh returns ascending eigenvalues; tiny negative ones are rounding noise around 0.
-    lam = eig.clamp_min(0).sqrt().flip(0)
-    return lam.cpu().numpy().astype(np.float64, copy=False)
+def _sqrt_desc(lam: np.ndarray) -> np.ndarray:
+    # Eigenvalues come ascending; tiny negative ones are rounding noise around 0.
+    return np.sqrt(np.clip(np.asarray(lam, dtype=np.float64), 0.0, None))[::-1].copy()
 
 
 def svdvals64(w: torch.Tensor, device: torch.device) -> np.ndarray:
@@ -89,10 +88,7 @@ def finish_from_gram(w: torch.Tensor, lam: np.ndarray, device: torch.device, met
     Values below ``GRAM_SAFE_RATIO``·σ₁ are recomputed: by :func:`_refine_smallest` for a square W,
     else by a direct float64 SVD. ``method`` names the eigen-solver, for the manifest.
     """
-    import torch
-
-    lam64 = torch.from_numpy(np.asarray(lam, dtype=np.float64))
-    sigma = _sqrt_desc(lam64)
+    sigma = _sqrt_desc(lam)
     s1 = sigma[0]
     small = int(np.count_nonzero(sigma < GRAM_SAFE_RATIO * s1)) if s1 > 0 else 0
     if small == 0:

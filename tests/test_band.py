@@ -174,17 +174,23 @@ def test_pipeline_drops_queued_bands_once_stopped(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_spectrum_end_to_end_through_the_band_route(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The whole GPU pipeline (reader, GPU thread, CUDA-graph reductions, CPU processes, refinement)
-    # on a real checkpoint, with the size threshold lowered so its small matrices take the band route.
+@pytest.mark.parametrize("route", ["gram64-chase", "gram64-band"])
+def test_gpu_spectrum_end_to_end_through_the_band_route(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    # The whole GPU pipeline (reader, GPU thread, CUDA-graph reductions, the GPU chase or the CPU band
+    # solver, CPU processes, refinement) on a real checkpoint, with the size threshold lowered so its
+    # small matrices take the band route.
     from safetensors.torch import load_file
 
+    from svdtool import bulge
     from svdtool.commands.spectrum import SpectrumRequest, run_spectrum
 
     monkeypatch.setattr(band_pool, "BAND_MIN", 8)
+    monkeypatch.setattr(bulge, "ENABLED", route == "gram64-chase")
     run = run_spectrum(SpectrumRequest(model=str(tiny_llama), device="cuda", cpu_workers=2))
     methods = {m.method for m in run.result.matrices}
-    assert any(m.startswith("gram64-band") for m in methods)
+    assert any(m.startswith(route) for m in methods)
     weights = load_file(str(tiny_llama / "model.safetensors"))
     for m in run.result.matrices:
         ref = sl.svdvals(weights[m.name].double().numpy())

@@ -36,8 +36,8 @@ CpuWorkersOpt = Annotated[
     typer.Option(
         "--cpu-workers",
         min=0,
-        help="CPU workers: eigen-solves on CPU (default one per core); beside a GPU, processes finishing its"
-        " two-stage eigen-solves (default cores - 2; 0 = GPU only).",
+        help="CPU workers: eigen-solves on CPU (default one per core); beside a GPU without Triton, processes"
+        " finishing its two-stage eigen-solves (default cores - 2; 0 = GPU only).",
     ),
 ]
 

@@ -1,15 +1,14 @@
-"""The GPU side of ``spectrum``: one thread on the GPU, CPU processes finishing two-stage eigen-solves.
+"""The GPU side of ``spectrum``: one thread driving the GPU through two-stage eigen-solves.
 
-For each matrix the GPU forms the float64 Gram matrix and then either
+For each matrix the GPU forms the float64 Gram matrix and reduces it, in batches of equal size, to a
+band (:mod:`svdtool.band`, ≈10–20 ms for 4096²). With Triton installed the GPU then finishes the solve
+itself (:mod:`svdtool.bulge`: bulge chasing to tridiagonal form and bisection, ≈5 ms). Without Triton a
+pool of CPU processes takes the band's eigenvalues (LAPACK ``dsbevd``, about a second of one core), and
+the GPU solves a matrix at once with cuSOLVER's ``syevd`` (≈0.1 s) whenever they already have enough
+queued work, so the GPU and the CPU cores stay busy together, whatever their relative speed.
 
-* reduces it to a band (:mod:`svdtool.band`, ≈10–30 ms for 4096²) and hands the band to a pool of
-  CPU processes for its eigenvalues (LAPACK, about a second of one core), or
-* solves it at once with cuSOLVER's ``syevd`` (≈0.1 s), when the CPU processes already have enough
-  queued work.
-
-The choice is made per matrix from the backlog, so the GPU and the CPU cores stay busy together,
-whatever their relative speed. Finished bands return to this thread, which refines small singular
-values on the GPU (:func:`svdtool.linalg.finish_from_gram`) before the matrix is reported.
+Finished matrices return to this thread, which refines small singular values on the GPU
+(:func:`svdtool.linalg.finish_from_gram`) before the matrix is reported.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
-from svdtool import band, cuda_graphs, linalg
+from svdtool import band, bulge, cuda_graphs, linalg
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,7 +36,7 @@ BAND_MIN = 1024
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Gram matrices of one size reduced to bands together.
 BAND_BATCH = 16
-#: Bands queued per CPU process before the GPU solves matrices itself.
+#: Bands queued per CPU process before the GPU solves matrices itself (CPU band route).
 QUEUE_PER_PROCESS = 1
 
 
@@ -89,6 +88,8 @@ def solve_stream(
     import torch
 
     pending: list[_Pending] = []
+    chase = bulge.available(device)
+    width, route = (bulge.BANDWIDTH, "gram64-chase") if chase else (band.BANDWIDTH, "gram64-band")
 
     def finish(p: _Pending) -> Any:
         t0 = time.perf_counter()
@@ -97,7 +98,7 @@ def solve_stream(
         except BrokenProcessPool:  # a CPU process died: solve this one on the GPU
             sigma, method = linalg.singular_values(p.w, device)
         else:
-            sigma, method = linalg.finish_from_gram(p.w, lam, device, "gram64-band")
+            sigma, method = linalg.finish_from_gram(p.w, lam, device, route)
         return make(p.index, p.info, sigma, method, p.seconds + time.perf_counter() - t0, p.t_read)
 
     def ready(block: bool) -> Iterator[Any]:
@@ -113,24 +114,33 @@ def solve_stream(
     waiting: dict[int, list[tuple[int, TensorInfo, torch.Tensor, float, torch.Tensor, float]]] = {}
 
     def reduce(k: int) -> None:
-        assert pool is not None  # only the band route fills ``waiting``
+        assert chase or pool is not None  # only the band route fills ``waiting``
         group = waiting.pop(k)
         t0 = time.perf_counter()
         grams = [x[4] for x in group]
         if device.type == "cuda":  # a full batch, padded with copies, replays the captured graph
             grams += grams[-1:] * (BAND_BATCH - len(grams))
-        bands = band.reduce_to_band(torch.stack(grams)).cpu().numpy()  # (batch, b+1, k)
+        bands = band.reduce_to_band(torch.stack(grams), width)  # (batch, b+1, k)
         del grams
-        share = (time.perf_counter() - t0) / len(group)
-        for (index, info, w, t_read, _, sec), host in zip(group, bands[: len(group)], strict=True):
-            future = pool.submit(band.band_eigenvalues, host)
+        real = len(group)  # the rest is padding
+        jobs: list[Future[np.ndarray]] = []
+        if chase:
+            for lam in bulge.eigenvalues(*bulge.tridiagonalize(bands))[:real].cpu().numpy():  # (real, k)
+                jobs.append(Future())
+                jobs[-1].set_result(lam)
+        else:
+            assert pool is not None
+            jobs = [pool.submit(band.band_eigenvalues, host) for host in bands[:real].cpu().numpy()]
+        share = (time.perf_counter() - t0) / real
+        for (index, info, w, t_read, _, sec), future in zip(group, jobs, strict=True):
             pending.append(_Pending(index, info, w, t_read, sec + share, future))
 
     try:
         for index, info, w, t_read in items:
             t0 = time.perf_counter()
             queued = len(pending) + sum(len(x) for x in waiting.values())
-            if pool is not None and min(w.shape) >= BAND_MIN and queued < processes * (1 + QUEUE_PER_PROCESS):
+            banded = chase or (pool is not None and queued < processes * (1 + QUEUE_PER_PROCESS))
+            if banded and min(w.shape) >= BAND_MIN:
                 g = linalg.gram64(w, device)  # (k, k) float64
                 k = g.shape[0]
                 waiting.setdefault(k, []).append((index, info, w, t_read, g, time.perf_counter() - t0))

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from svdtool import bulge
 from svdtool.commands import band_pool
 from svdtool.loading import Checkpoint, TensorInfo
 
@@ -53,6 +54,8 @@ def plan_workers(device: torch.device, cpu_workers: int | None) -> tuple[list[Wo
     import torch
 
     cores = os.cpu_count() or 1
+    if device.type == "cuda" and bulge.available(device):
+        return [Worker("gpu", device)], 0  # the GPU finishes its two-stage eigen-solves itself
     if device.type == "cuda":
         helpers = max(0, cores - CORES_KEPT) if cpu_workers is None else cpu_workers
         return [Worker("gpu", device)], helpers
