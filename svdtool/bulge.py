@@ -23,6 +23,7 @@ counts (:func:`eigenvalues`, LAPACK's ``dstebz`` method), one GPU lane per eigen
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,13 @@ def tridiagonalize(band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return d, e
 
 
+def _on(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Triton launches on the *current* CUDA device: make it the tensors' device (``cuda:1`` and so on)."""
+    import torch
+
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _chase(band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     import triton
 
@@ -114,8 +122,9 @@ def _chase(band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     tau = band.new_zeros((batch, n, 2))
     grid = (batch, (n - 2) // max(b, 1) // 3 + 2)  # ≥ the number of sweeps active in one step
     warps = max(1, min(8, block * block // 256))
-    for t in range(steps(n, b)):
-        bulge_step[grid](ab, v, tau, t, n, ld, BW=b, BLOCK=block, num_warps=warps)
+    with _on(band.device):
+        for t in range(steps(n, b)):
+            bulge_step[grid](ab, v, tau, t, n, ld, BW=b, BLOCK=block, num_warps=warps)
     d = ab[:, :, 0].contiguous()
     e = ab[:, : n - 1, 1].contiguous() if b >= 1 else ab.new_zeros((batch, max(n - 1, 0)))
     return d, e
@@ -154,5 +163,7 @@ def eigenvalues(d: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(d)
     block = 128
     grid = (batch, triton.cdiv(n, block))
-    sturm_bisect[grid](d.contiguous(), e2, lo, hi, pivmin, out, N=n, ITERS=BISECTION_STEPS, BLOCK=block, num_warps=4)
+    args = (d.contiguous(), e2, lo, hi, pivmin, out)
+    with _on(d.device):
+        sturm_bisect[grid](*args, N=n, ITERS=BISECTION_STEPS, BLOCK=block, num_warps=4)
     return out
