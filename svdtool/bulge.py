@@ -96,8 +96,7 @@ def tridiagonalize(band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         graphed = cuda_graphs.replay(key, _chase, [band])
         if graphed is not None:
             return graphed[0], graphed[1]
-    d, e = _chase(band.clone())
-    return d, e
+    return _chase(band)  # reads ``band`` only
 
 
 def _on(device: torch.device) -> contextlib.AbstractContextManager[object]:
