@@ -10,8 +10,10 @@ is the replays alone. Two models with random bf16 weights: Llama-2-7B shapes, wh
 the GEMMs dominate, and SmolLM2-135M shapes, where a step is thousands of small kernels. Batch 2 × 1024
 tokens. The table gives ms per step and peak device memory (allocated and reserved) for both.
 
-svdtool does not replay its steps as graphs: on the 7B model the step is bound by the GPU, not by kernel
-launches, so the graph saves nothing and its private memory pool costs reserved memory (docs/benchmarks.md).
+On the 7B model the step is bound by the GPU, not by kernel launches, so the graph saves nothing and its
+private memory pool costs reserved memory; on small models it saves most of the step. svdtool therefore
+replays its steps as graphs only where a timed trial at the start of each pass shows the replay faster
+(svdtool/gradients/graphed.py; docs/benchmarks.md).
 """
 
 from __future__ import annotations
