@@ -74,10 +74,14 @@ def _self_test(device: torch.device) -> bool:
 
 
 def steps(n: int, b: int) -> int:
-    """Time steps of the chase for an n × n band of bandwidth b: the last task (n−3, ·) runs at 3(n−3) + k."""
+    """Time steps of the chase for an n × n band of bandwidth b ≥ 2.
+
+    Task (s, k) runs at step 3s + k, and 3s + k_max(s) grows with s, so the last task is the last sweep's
+    only one, (n−3, 0), at step 3(n−3).
+    """
     if n < 3 or b < 2:
         return 0
-    return 3 * (n - 3) + (n - 2 - (n - 3)) // b + 1
+    return 3 * (n - 3) + 1
 
 
 def tridiagonalize(band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,12 +25,19 @@ def _larfy(d: np.ndarray, v: np.ndarray, tau: float) -> np.ndarray:
     return (np.eye(len(v)) - tau * np.outer(v, v)) @ d @ (np.eye(len(v)) - tau * np.outer(v, v))
 
 
+def dense(band: np.ndarray) -> np.ndarray:
+    """The symmetric n × n matrix of a band (b+1, n) in lower band storage."""
+    b, n = band.shape[0] - 1, band.shape[1]
+    a = np.zeros((n, n))
+    for i in range(min(b, n - 1) + 1):
+        a += np.diag(band[i, : n - i], -i) + (np.diag(band[i, : n - i], i) if i else 0)
+    return a
+
+
 def tridiagonalize(band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(d, e) of QᵀAQ for one band (b+1, n) in lower band storage."""
     b, n = band.shape[0] - 1, band.shape[1]
-    a = np.zeros((n, n))
-    for i in range(b + 1):
-        a += np.diag(band[i, : n - i], -i) + (np.diag(band[i, : n - i], i) if i else 0)
+    a = dense(band)
     for s in range(n - 2):
         # task (s, 0): column s
         st, ed = s + 1, min(s + b, n - 1)

@@ -29,14 +29,6 @@ def _random_band(n: int, b: int, seed: int) -> np.ndarray:
     return out
 
 
-def _dense(band_: np.ndarray) -> np.ndarray:
-    b, n = band_.shape[0] - 1, band_.shape[1]
-    a = np.zeros((n, n))
-    for i in range(min(b, n - 1) + 1):
-        a += np.diag(band_[i, : n - i], -i) + (np.diag(band_[i, : n - i], i) if i else 0)
-    return a
-
-
 def _assert_same_spectrum(d: np.ndarray, e: np.ndarray, dense: np.ndarray) -> None:
     ref = np.linalg.eigvalsh(dense)
     scale = max(float(np.abs(ref).max()), 1.0)
@@ -52,7 +44,7 @@ def test_chase_keeps_the_eigenvalues(n: int, b: int) -> None:
     assert d.shape == (2, n) and e.shape == (2, max(n - 1, 0))
     assert torch.equal(bands, before)  # the input is left alone
     for m in range(2):
-        _assert_same_spectrum(d[m].numpy(), e[m].numpy(), _dense(bands[m].numpy()))
+        _assert_same_spectrum(d[m].numpy(), e[m].numpy(), bulge_reference.dense(bands[m].numpy()))
 
 
 @pytest.mark.parametrize(("n", "b"), [(30, 4), (17, 8), (26, 3)])
@@ -152,7 +144,7 @@ def test_gpu_chase_graphed_equals_eager_and_dense(b: int, monkeypatch: pytest.Mo
     lam = bulge.eigenvalues(torch.from_numpy(out[True][0]).cuda(), torch.from_numpy(out[True][1]).cuda()).cpu()
     for m in range(3):
         # As accurate as LAPACK's own band solver (dsbevd), both against the dense float64 eigen-solve.
-        ref = np.linalg.eigvalsh(_dense(bands[m].cpu().numpy()))
+        ref = np.linalg.eigvalsh(bulge_reference.dense(bands[m].cpu().numpy()))
         bound = 2 * np.abs(band.band_eigenvalues(bands[m].cpu().numpy()) - ref).max() + 4e-16 * np.abs(ref).max()
         assert np.abs(lam[m].numpy() - ref).max() <= bound
         assert np.abs(sl.eigvalsh_tridiagonal(out[True][0][m], out[True][1][m]) - ref).max() <= bound
