@@ -2,6 +2,7 @@
 
     python benchmarks/make_checkpoint.py /tmp/llama7b            # Llama-2-7B shapes, bf16 (~13.5 GB)
     python benchmarks/make_checkpoint.py /tmp/tiny --small       # tiny shapes, for a CPU smoke test
+    python benchmarks/make_checkpoint.py /tmp/llama7b --tokenizer TOKDIR   # with a real tokenizer (vocab from it)
 
 Weights are N(0, 0.02²) like a fresh Llama init, generated on the GPU when there is one. Shards are
 written one at a time (≈ 4 GB each), so host memory stays near one shard.
@@ -50,12 +51,25 @@ def make_llama_checkpoint(
     seed: int = 0,
     device: str | None = None,
     shard_bytes: int = 4 << 30,
+    tokenizer: str | Path | None = None,
 ) -> Path:
-    """Write config.json, model-0000k-of-0000n.safetensors and the index. Returns the folder."""
+    """Write config.json, model-0000k-of-0000n.safetensors and the index. Returns the folder.
+
+    With ``tokenizer`` (a folder holding a tokenizer), its files are copied in and the vocabulary size and
+    special token ids come from it, so the folder runs end to end like a real model.
+    """
     path = Path(path)
     if (path / "model.safetensors.index.json").is_file():
         return path  # already there: reuse
     path.mkdir(parents=True, exist_ok=True)
+    special = {"bos_token_id": 1, "eos_token_id": 2}
+    if tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+        tok.save_pretrained(str(path))
+        vocab = len(tok)
+        special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator(device=device).manual_seed(seed)
     kv_dim = hidden // heads * kv_heads
@@ -108,8 +122,7 @@ def make_llama_checkpoint(
         "hidden_act": "silu",
         "tie_word_embeddings": False,
         "torch_dtype": str(dtype).removeprefix("torch."),
-        "bos_token_id": 1,
-        "eos_token_id": 2,
+        **special,
     }
     (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
@@ -120,12 +133,13 @@ def main() -> None:
     ap.add_argument("path")
     ap.add_argument("--small", action="store_true", help="tiny shapes for a CPU smoke test")
     ap.add_argument("--layers", type=int)
+    ap.add_argument("--tokenizer", help="a folder with a tokenizer to copy in (sets the vocabulary size)")
     args = ap.parse_args()
     dims = dict(SMALL if args.small else LLAMA2_7B)
     if args.layers:
         dims["layers"] = args.layers
     t0 = time.perf_counter()
-    out = make_llama_checkpoint(args.path, **dims)  # type: ignore[arg-type]
+    out = make_llama_checkpoint(args.path, tokenizer=args.tokenizer, **dims)  # type: ignore[arg-type]
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
 

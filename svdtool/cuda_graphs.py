@@ -14,7 +14,9 @@ graphs (calibration steps, :mod:`svdtool.gradients.graphed`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -92,6 +94,16 @@ def on_side_stream(device: torch.device, fn: Callable[[], T]) -> T:
     return out
 
 
+#: Held for the whole of every capture. Work on another thread that may make a call a capture forbids
+#: (an allocation, a synchronous copy: LoRA-GA's init stream beside the calibration passes) takes it too.
+_CAPTURING = threading.RLock()
+
+
+def exclusive() -> contextlib.AbstractContextManager[Any]:
+    """Hold this around CUDA work of another thread so that it never overlaps a capture."""
+    return _CAPTURING
+
+
 def capture(device: torch.device, fn: Callable[[], T], pool: Any = None, mode: str = "global") -> tuple[Any, T] | None:
     """(graph, what ``fn`` returned) with ``fn``'s kernels recorded, not run; None where capture fails.
 
@@ -101,7 +113,7 @@ def capture(device: torch.device, fn: Callable[[], T], pool: Any = None, mode: s
 
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
+        with _CAPTURING, torch.cuda.graph(graph, pool=pool, capture_error_mode=mode):
             out = fn()
     except RuntimeError:  # an operation that cannot be captured here
         torch.cuda.synchronize(device)

@@ -149,3 +149,28 @@ def test_smollm2_coverage_table(smollm2_lora_ga: dict, tmp_path: Path) -> None:
     assert len(saved.matrices) == 90 and saved.gradient.from_cache
     allg = saved.by_module_type[0]
     assert 0 < allg.coverage_min["8"] <= allg.coverage_mean["8"] <= allg.coverage_mean["16"] <= 1
+
+
+def test_cpu_computes_a_bf16_checkpoint_in_fp32_and_says_so(lora_ga_tiny: dict, tmp_path: Path) -> None:
+    """No --dtype on a CPU: a bf16 checkpoint is computed in fp32 (faster there); the summary and JSON say so,
+    with the layer-group choice and its reason. --dtype bf16 still computes in bf16."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "llama-bf16"
+    shutil.copytree(lora_ga_tiny["llama"], folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    AutoModelForCausalLM.from_pretrained(str(lora_ga_tiny["llama"]), dtype=torch.bfloat16).save_pretrained(folder)
+    tiny = {**lora_ga_tiny, "llama": folder}
+    res = runner.invoke(app, _tiny_args(tiny))
+    assert res.exit_code == 0, res.output
+    assert "computed in fp32: the checkpoint is bf16" in res.output and "passes: 1 layer group(s)" in res.output
+    data = json.loads(runner.invoke(app, _tiny_args(tiny, "--format", "json")).stdout)
+    g = data["gradient"]
+    assert g["dtype"] == "fp32" and "bf16" in g["dtype_reason"]
+    assert g["plan"]["groups"] == 1 and g["plan"]["reason"].startswith("CPU")
+    assert set(g["phases"]) >= {"open", "calibration", "load", "passes"}
+    kept = json.loads(runner.invoke(app, _tiny_args(tiny, "--format", "json", "--dtype", "bf16")).stdout)
+    assert kept["gradient"]["dtype"] == "bf16" and kept["gradient"]["dtype_reason"] is None

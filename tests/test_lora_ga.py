@@ -287,6 +287,52 @@ def test_grad_cache_and_on_device_reduction_agree(lora_ga_tiny: dict, tmp_path: 
         assert torch.equal(a[key], b[key]) and torch.equal(b[key], c[key]), key
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_overlapped_stream_beside_captured_passes(
+    lora_ga_tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two layer groups on CUDA with every step captured and replayed: the init stream writes the first group's
+    residuals while the second pass captures and replays (never beside a capture); same adapter as graphs off."""
+    from svdtool import cuda_graphs
+    from svdtool.gradients import graphed
+
+    base = ["init", str(lora_ga_tiny["llama"]), "--method", "lora-ga", "-r", "2", "--calib", str(lora_ga_tiny["qa"]),
+            "--samples", "16", "--max-length", "32", "--device", "cuda", "--grad-groups", "2"]  # fmt: skip
+    monkeypatch.setattr(graphed, "ADAPTIVE", False)  # capture every pass, whatever the timing
+    code, _, err = _cli([*base, "--out", str(tmp_path / "graphs")], capsys)
+    assert code == 0, err
+    monkeypatch.setattr(cuda_graphs, "ENABLED", False)
+    assert _cli([*base, "--out", str(tmp_path / "eager")], capsys)[0] == 0
+    graphs, eager = _adapter(tmp_path / "graphs"), _adapter(tmp_path / "eager")
+    for key, value in eager.items():
+        assert_close(graphs[key].double(), value.double(), "grad_fp32", key)
+
+
+def test_a_failing_stream_stops_the_estimate(
+    lora_ga_tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The residual writer fails while the gradients are estimated: its one line, the estimate stopped at its
+    next result, and no output folder."""
+    from svdtool.adapters import safetensors_out
+    from svdtool.errors import CheckFailed
+    from svdtool.gradients import compute
+
+    def full_disk(self: object, name: str, tensor: torch.Tensor) -> None:
+        raise CheckFailed(f"cannot write {name}: No space left on device")
+
+    passes = []
+    inner = compute.run_pass
+    monkeypatch.setattr(compute, "run_pass", lambda *a, **k: passes.append(1) or inner(*a, **k))
+    monkeypatch.setattr(safetensors_out.ShardSet, "write", full_disk)
+    out = tmp_path / "ga"
+    code, stdout, err = _cli(["init", str(lora_ga_tiny["llama"]), "--method", "lora-ga", "-r", "2", "--out", str(out),
+                              "--grad-groups", "2", *_calib_args(lora_ga_tiny)], capsys)  # fmt: skip
+    assert code == 1 and "No space left on device" in err and "Traceback" not in err, err
+    assert len(passes) == 1  # the second pass never ran
+    assert not out.exists() and not list(tmp_path.glob(".ga*"))
+
+
 def test_gpt2_sketch_and_peft_convention(
     lora_ga_tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from svdtool.cli import app
 from svdtool.cli.console import RichProgress, deliver, out
+from svdtool.cli.gradient_args import passes_line
 from svdtool.cli.options import (
     BatchSizeOpt,
     CalibOpt,
@@ -152,6 +153,9 @@ def print_summary(result: CoverageResult) -> None:
         + (" [dim](from --grad-cache)[/]" if g.from_cache else ""),
         highlight=False,
     )
+    if not g.from_cache:
+        line = passes_line(g.groups, g.micro_batch_size, g.plan.get("reason"), g.dtype, g.dtype_reason)
+        out.print(line, highlight=False, markup=False)
     t = Table(title="Gradient coverage by a rank-r / rank-2r adapter: mean (min) over matrices", title_justify="left")
     t.add_column("type", justify="left")
     t.add_column("n", justify="right")

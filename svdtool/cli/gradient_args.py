@@ -74,3 +74,9 @@ def gradient_request(
         offload=offload,
         cache=grad_cache,
     )
+
+
+def passes_line(groups: int, micro: int, reason: str | None, dtype: str, dtype_reason: str | None) -> str:
+    """The run summary's line on how the gradient passes ran, and why (chosen from memory; CPU dtype)."""
+    line = f"passes: {groups} layer group(s), micro-batch {micro}" + (f" ({reason})" if reason else "")
+    return line + (f"; computed in {dtype}: {dtype_reason}" if dtype_reason else "")

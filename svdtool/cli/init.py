@@ -213,6 +213,18 @@ def print_init(result: InitResult, folder: Path) -> None:
         f"adapter {folder / result.adapter_dir}, svdtool.json, README.md in {m.timings.get('total', 0):.1f} s",
         highlight=False,
     )
+    x = s.extra
+    if "gradient_groups" in x:
+        from svdtool.cli.gradient_args import passes_line
+
+        line = passes_line(
+            int(x["gradient_groups"]),
+            int(x.get("gradient_micro_batch_size") or 0),
+            x.get("gradient_plan"),
+            str(x.get("gradient_dtype")),
+            x.get("gradient_dtype_reason"),
+        )
+        out.print(line, highlight=False, markup=False)
     if result.frozen:
         err.print(
             f"[bold yellow]note:[/] {', '.join(result.frozen)} must stay frozen in training "

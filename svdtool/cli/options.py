@@ -85,7 +85,12 @@ ChatTemplateOpt = Annotated[
 ]
 TokenizerOpt = Annotated[str | None, typer.Option("--tokenizer", help="Tokenizer folder or repo, when MODEL has none.")]
 ModelDtypeOpt = Annotated[
-    str, typer.Option("--dtype", help="Model dtype for the gradient passes: auto (the checkpoint's), fp32, bf16, fp16.")
+    str,
+    typer.Option(
+        "--dtype",
+        help="Model dtype for the gradient passes: auto (the checkpoint's on a GPU; fp32 on a CPU, where bf16 and "
+        "fp16 are slower), fp32, bf16, fp16.",
+    ),
 ]
 GradCacheOpt = Annotated[
     Path | None,
@@ -108,12 +113,18 @@ GradGroupsOpt = Annotated[
         "--grad-groups",
         min=1,
         help="Passes over the data, each folding one group of layers (less GPU memory, more compute). "
-        "Default: 2 for bf16/fp16 models on a GPU, else 1.",
+        "Default: from the device's free memory, one pass when the weights, float32 accumulators and "
+        "activations fit (the run summary says what was chosen and why).",
     ),
 ]
 MicroBatchOpt = Annotated[
     int | None,
-    typer.Option("--micro-batch-size", min=1, help="Samples per forward pass (≤ --batch-size; same gradient)."),
+    typer.Option(
+        "--micro-batch-size",
+        min=1,
+        help="Samples per forward pass (≤ --batch-size; same gradient). Default: --batch-size, or less when "
+        "the device's memory needs it.",
+    ),
 ]
 OffloadOpt = Annotated[
     bool, typer.Option("--offload", help="Keep the float32 gradient accumulators in host memory (slower).")

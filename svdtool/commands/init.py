@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svdtool import naming
+from svdtool import cuda_graphs, naming
 from svdtool.adapters import layout as lay
 from svdtool.adapters.folder import aux_source, write_folder
 from svdtool.adapters.output import check_target, copy_aux_files, staged_folder
@@ -37,8 +37,16 @@ from svdtool.adapters.safetensors_out import (
 )
 from svdtool.adapters.streaming import HostCopier, Prefetcher, Writers
 from svdtool.commands.common import Progress, SilentProgress, describe_device, manifest, resolve_device, utc_now
-from svdtool.commands.init_gradients import lora_ga_gradients, method_extra
-from svdtool.commands.init_layers import GradientSource, Target, gradient_for, init_layer, select_targets
+from svdtool.commands.init_feed import FeedClosed, GradientFeed, HandOver, device_stream
+from svdtool.commands.init_gradients import StoredLayout, lora_ga_gradients, method_extra
+from svdtool.commands.init_layers import (
+    GradientSource,
+    Target,
+    gradient_for,
+    init_layer,
+    lookup_gradient,
+    select_targets,
+)
 from svdtool.errors import SvdtoolError
 from svdtool.loading import Checkpoint, TensorInfo, open_checkpoint
 from svdtool.methods import InitOptions, MethodSpec, get_method
@@ -133,25 +141,84 @@ def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
         for note in layout.notes:
             progress.message(note)
         alpha = float(req.alpha if req.alpha is not None else req.rank)
-        if spec.needs_gradient and req.gradients is None and req.gradient_request is not None:
-            # Only now that the method, rank and targets are known to be valid: the estimate takes minutes.
-            gradients, provenance = lora_ga_gradients(
-                req.gradient_request,
-                rank=req.rank,
-                method_options=method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra),
-                progress=progress,
-            )
-            req = replace(req, gradients=gradients, extra={**req.extra, **provenance})
         extra = method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra)
         opts = InitOptions(rank=req.rank, alpha=alpha, use_rslora=req.use_rslora, extra=extra)
         with staged_folder(req.out, req.overwrite) as tmp:
-            layers, timings, files = _stream(ckpt, infos, targets, spec, opts, req, device, tmp, progress)
+            if spec.needs_gradient and req.gradients is None and req.gradient_request is not None:
+                # Only now that the method, rank and targets are known to be valid: the estimate takes minutes.
+                prepare = round(time.perf_counter() - t_start, 4)
+                req, (layers, timings, files) = _estimate_and_stream(
+                    ckpt, infos, targets, spec, opts, req, device, tmp, progress
+                )
+                timings["prepare"] = prepare
+            else:
+                layers, timings, files = _stream(ckpt, infos, targets, spec, opts, req, device, tmp, progress)
             result = _result(req, spec, opts, ckpt, layout, targets, layers, files, device, started)
             result.manifest.timings.update(timings)
             result.copied_files = copy_aux_files(aux_source(ckpt, req.token), tmp)
             result.manifest.timings["total"] = round(time.perf_counter() - t_start, 4)
             write_folder(result, tmp)
     return result
+
+
+def _estimate_and_stream(
+    ckpt: Checkpoint,
+    infos: list[TensorInfo],
+    targets: list[Target],
+    spec: MethodSpec,
+    opts: InitOptions,
+    req: InitRequest,
+    device: torch.device,
+    tmp: Path,
+    progress: Progress,
+) -> tuple[InitRequest, tuple[list[LayerInit], dict[str, float], list[str]]]:
+    """Estimate the gradients on this thread while the init stream writes on another (:mod:`.init_feed`)."""
+    import threading
+
+    assert req.gradient_request is not None
+    feed = GradientFeed([t.info.name for t in targets])
+    transposed = {t.info.name for t in targets if t.transposed}
+    streaming = replace(req, gradients=StoredLayout(feed, transposed))
+    # Non-targets first (written during the passes), then targets as their gradients finish: top layers first.
+    target_block = {t.info.name: naming.layer_index(t.info.name) or 0 for t in targets}
+    order = sorted(infos, key=lambda i: (i.name in target_block, -target_block.get(i.name, 0)))
+    stream_progress = HandOver()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            with device_stream(device):
+                outcome["value"] = _stream(
+                    ckpt, infos, targets, spec, opts, streaming, device, tmp, stream_progress, read_order=order
+                )
+        except BaseException as exc:  # re-raised on the main thread
+            outcome["error"] = exc
+            feed.abandon()  # the estimate stops at its next result instead of running on for nothing
+
+    thread = threading.Thread(target=work, name="svdtool-init-stream", daemon=True)
+    thread.start()
+    provenance: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    t1 = None
+    try:
+        gradients, provenance = lora_ga_gradients(
+            req.gradient_request, rank=req.rank, method_options=opts.extra, progress=progress, on_result=feed.put
+        )
+        feed.put_missing(gradients.inner if isinstance(gradients, StoredLayout) else gradients)
+        t1 = time.perf_counter()
+    except FeedClosed:
+        pass  # the stream failed: its error is raised below
+    finally:
+        feed.close()
+        stream_progress.show(progress)
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    layers, timings, files = outcome["value"]
+    assert t1 is not None
+    # gradients: the estimate (the stream ran beside it); drain: writing left once the gradients were done.
+    timings.update(gradients=round(t1 - t0, 4), drain=round(time.perf_counter() - t1, 4))
+    return replace(req, extra={**req.extra, **provenance}), (layers, timings, files)
 
 
 def _plans(
@@ -175,8 +242,10 @@ def _stream(
     device: torch.device,
     tmp: Path,
     progress: Progress,
+    read_order: list[TensorInfo] | None = None,
 ) -> tuple[list[LayerInit], dict[str, float], list[str]]:
-    """Read every tensor once, initialise the targets, write the residual and the adapter as it goes."""
+    """Read every tensor once (in ``read_order``, default the checkpoint's), initialise the targets, write the
+    residual and the adapter as it goes; the files keep the checkpoint's order whatever the reading order."""
     import torch
 
     by_name = {t.info.name: t for t in targets}
@@ -189,7 +258,7 @@ def _stream(
     writers = Writers()
     biggest = max(t.info.nbytes for t in targets)
     copier = HostCopier(device, biggest) if device.type == "cuda" else None
-    reader = Prefetcher(ckpt, infos, lambda i: device if i.name in by_name else None)
+    reader = Prefetcher(ckpt, read_order or infos, lambda i: device if i.name in by_name else None)
     layers: list[LayerInit] = []
     read_s = math_s = 0.0
     progress.start(f"{spec.name} r={opts.rank}", len(infos), sum(i.nbytes for i in infos))
@@ -204,16 +273,22 @@ def _stream(
             if t is None:
                 writers.submit(residual.write, info.name, tensor)
             else:
+                # The lookup may wait for the estimate (LoRA-GA's overlapped stream): not under the lock.
+                grad = lookup_gradient(req.gradients, t) if spec.needs_gradient and req.gradients else None
                 t0 = time.perf_counter()
-                grad = gradient_for(req.gradients, t, device) if spec.needs_gradient and req.gradients else None
-                record, a, b, stored = init_layer(t, tensor, spec, opts, grad)
+                with cuda_graphs.exclusive():  # never beside a capture of the calibration passes
+                    if grad is not None:
+                        grad = gradient_for(grad, t, device)
+                    record, a, b, stored = init_layer(t, tensor, spec, opts, grad)
+                    fetch = copier.copy(stored) if copier is not None else None
+                    a_host, b_host = a.cpu(), b.cpu()
                 layers.append(record)
-                if copier is not None:
-                    writers.submit(_write_fetched, residual, info.name, copier.copy(stored))
+                if fetch is not None:
+                    writers.submit(_write_fetched, residual, info.name, fetch)
                 else:
                     writers.submit(residual.write, info.name, stored)
-                writers.submit(adapter.write, lora_key(t.module, "A"), a.cpu())
-                writers.submit(adapter.write, lora_key(t.module, "B"), b.cpu())
+                writers.submit(adapter.write, lora_key(t.module, "A"), a_host)
+                writers.submit(adapter.write, lora_key(t.module, "B"), b_host)
                 math_s += time.perf_counter() - t0
             progress.advance(info.name, info.nbytes)
         ok = True
@@ -222,6 +297,8 @@ def _stream(
         reader.close()
         progress.finish()
         _close(writers, residual, adapter, raise_errors=ok)
+    position = {t.info.name: k for k, t in enumerate(targets)}
+    layers.sort(key=lambda x: position[x.name])  # checkpoint order, whatever the reading order
     atomic_write_bytes(tmp / INDEX_NAME, (json.dumps(residual.index(), indent=2) + "\n").encode())
     timings = {"read": round(read_s, 4), "math": round(math_s, 4), "write": round(writers.seconds, 4)}
     return layers, timings, names

@@ -9,7 +9,7 @@ as the parameter is stored (GPT-2 Conv1D: (in, out)).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from svdtool.commands.common import Progress, SilentProgress
@@ -44,9 +44,18 @@ def method_extra(rank: int, svd: str, seed: int, oversample: int | None, niter: 
 
 
 def lora_ga_gradients(
-    req: GradientRequest, *, rank: int, method_options: dict[str, Any], progress: Progress | None = None
+    req: GradientRequest,
+    *,
+    rank: int,
+    method_options: dict[str, Any],
+    progress: Progress | None = None,
+    on_result: Callable[[str, Any], None] | None = None,
 ) -> tuple[Mapping[str, Any], dict[str, Any]]:
-    """(gradient source for ``InitRequest.gradients``, provenance scalars for ``svdtool.json``)."""
+    """(gradient source for ``InitRequest.gradients``, provenance scalars for ``svdtool.json``).
+
+    ``on_result(name, value)`` gets each gradient (or its top factors) in (out, in) layout as soon as it is
+    finished, while later passes still run.
+    """
     from svdtool.methods.lora_ga import reducer
 
     progress = progress or SilentProgress()
@@ -55,7 +64,7 @@ def lora_ga_gradients(
     # PEFT's "random" split reuses the permutation drawn right after its own svd_lowrank call: keep G whole.
     replay = method_options.get("convention") == "peft" and method_options.get("direction") == "random"
     reduce = None if replay else reducer(rank, method_options)
-    est = estimate_gradients(req, progress, reduce)
+    est = estimate_gradients(req, progress, reduce, on_result)
     return StoredLayout(est.provider(), set(est.info.transposed)), provenance(est)
 
 
@@ -74,7 +83,12 @@ def provenance(est: GradientEstimate) -> dict[str, Any]:
         "gradient": g.mode,
         "gradient_dtype": g.dtype,
         "gradient_groups": g.groups,
+        "gradient_micro_batch_size": g.micro_batch_size,
+        "gradient_plan": g.plan.get("reason"),
+        "gradient_dtype_reason": g.dtype_reason,
         "gradient_seconds": g.seconds,
         "gradient_peak_device_memory": g.peak_device_memory,
+        **{f"gradient_{k}_seconds": v for k, v in g.phases.items()},
         "gradient_cache": g.cache,
+        "gradient_cuda_graphs": ", ".join(f"{k} {v}" for k, v in g.cuda_graphs.items()) or None,
     }

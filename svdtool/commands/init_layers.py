@@ -89,13 +89,18 @@ def _no_match(tok: str, infos: list[TensorInfo], weights: Mapping[str, lay.Weigh
     return f"unknown target {tok!r}: no module matches it; linear module types here: {', '.join(kinds) or 'none'}"
 
 
-def gradient_for(source: GradientSource, t: Target, device: torch.device) -> torch.Tensor:
-    import torch
-
+def lookup_gradient(source: GradientSource, t: Target) -> Any:
+    """The gradient of ``t`` as the source holds it (a read may wait for the estimate to produce it)."""
     try:
-        g = source[t.info.name] if isinstance(source, Mapping) else source(t.info.name)
+        return source[t.info.name] if isinstance(source, Mapping) else source(t.info.name)
     except KeyError:
         raise SvdtoolError(f"no gradient for {t.info.name}") from None
+
+
+def gradient_for(g: Any, t: Target, device: torch.device) -> torch.Tensor:
+    """A looked-up gradient (as stored) as float32 (out, in) on ``device``, its shape checked."""
+    import torch
+
     g = g.to(device=device, dtype=torch.float32)
     if t.transposed:
         g = g.T

@@ -9,7 +9,6 @@ singular triplets), so the float32 gradients of earlier groups never pile up.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from svdtool.gradients import fold as folds
 from svdtool.gradients.graphed import GraphStats
 from svdtool.gradients.model import Target, blocks
-from svdtool.gradients.passes import MicroBatch, PassPlan, Timer, check_chain, run_pass
+from svdtool.gradients.passes import MicroBatch, PassPlan, Timer, check_chain, run_pass, stage
+from svdtool.gradients.plan import partition
 from svdtool.runtime import Progress, SilentProgress
 from svdtool.sketch import LowRankGradient, gaussian, recover, sketch_sizes
 
@@ -34,7 +34,7 @@ SKETCH_OVERSAMPLE = 8
 @dataclass
 class ComputeSettings:
     mode: str = "exact"  # exact | sketch
-    groups: int | None = None  # None: auto_groups
+    groups: int = 1  # layer groups (passes), chosen by svdtool.gradients.plan
     offload: bool = False
     sketch_rank: int = 16
     sketch_oversample: int = SKETCH_OVERSAMPLE
@@ -52,6 +52,7 @@ class Computed:
     seconds: float
     tokens_per_second: float
     graph_stats: GraphStats = field(default_factory=GraphStats)
+    finish_seconds: float = 0.0  # of ``seconds``: turning accumulators into results (reduce, recovery, copies)
 
 
 def micro_batches(items: list[Any], batch_size: int, micro: int, pad: int, multiple: int = 1) -> list[MicroBatch]:
@@ -72,40 +73,14 @@ def micro_batches(items: list[Any], batch_size: int, micro: int, pad: int, multi
     return out
 
 
-def auto_groups(device: torch.device, itemsize: int, acc_bytes: int, n_blocks: int) -> int:
-    """Layer groups so that one group's float32 accumulators take no more than the target weights themselves.
-
-    On a bf16 model that is 2 groups: a group's accumulators then need as much memory as the bf16 ``.grad``
-    buffers PEFT keeps for every target. On the CPU one group (host memory, no recompute).
-    """
-    import torch
-
-    if device.type != "cuda":
-        return 1
-    k = math.ceil(4 / itemsize)
-    free, _ = torch.cuda.mem_get_info(device)
-    k = max(k, math.ceil(acc_bytes / max(0.5 * free, 1)))
-    return max(1, min(k, n_blocks))
-
-
 def split_groups(targets: list[Target], k: int) -> list[list[Target]]:
     """Contiguous groups of blocks with about equal accumulator bytes, top group first."""
     by_block: dict[int, list[Target]] = {}
     for t in targets:
         by_block.setdefault(t.block, []).append(t)
     order = sorted(by_block, reverse=True)
-    k = max(1, min(k, len(order)))
     sizes = [sum(t.out_features * t.in_features for t in by_block[b]) for b in order]
-    total = sum(sizes)
-    groups: list[list[Target]] = [[]]
-    cum = 0
-    for i, blk in enumerate(order):
-        groups[-1].extend(by_block[blk])
-        cum += sizes[i]
-        left_blocks, left_groups = len(order) - i - 1, k - len(groups)
-        if left_groups > 0 and left_blocks > 0 and (cum >= total * len(groups) / k or left_blocks == left_groups):
-            groups.append([])
-    return groups
+    return [[t for i in run for t in by_block[order[i]]] for run in partition(sizes, k)]
 
 
 def test_matrices(
@@ -155,23 +130,21 @@ def compute_gradients(
     device: torch.device,
     progress: Progress | None = None,
     reduce: Callable[[str, torch.Tensor], Any] | None = None,
+    on_result: Callable[[str, Any], None] | None = None,
 ) -> Computed:
-    """Fold every micro-batch's target gradients; returns G = (1/n_batches) Σ_b ∇ mean-loss(b) per target."""
+    """Fold every micro-batch's target gradients; returns G = (1/n_batches) Σ_b ∇ mean-loss(b) per target.
+
+    ``on_result(name, value)`` is called as soon as each target's result exists (its group's pass is done),
+    so a consumer on another thread can start on it while later passes run.
+    """
     import torch
 
     progress = progress or SilentProgress()
     n_batches = micro[-1].batch + 1
     param = next(model.parameters())
-    acc_bytes = 4 * sum(t.out_features * t.in_features for t in targets)
     all_blocks = dict(blocks(model))
-    n_used = len({t.block for t in targets})
-    if settings.groups:
-        k = settings.groups
-    elif settings.mode == "sketch" or settings.offload:
-        k = 1
-    else:
-        k = auto_groups(device, param.element_size(), acc_bytes, n_used)
-    groups = split_groups(targets, k)
+    groups = split_groups(targets, settings.groups)
+    stage(micro, device)
     if len(groups) > 1:
         check_chain(model, list(all_blocks.values()), micro[0], device)
     tm = test_matrices(targets, settings, param.dtype, device) if settings.mode == "sketch" else {}
@@ -188,6 +161,7 @@ def compute_gradients(
     live: dict[str, Any] = {}  # the group being folded: {"states", "index"}
     xo_cache = folds.XOmegaCache()
     stats = GraphStats()
+    finish_s = 0.0
 
     def on_step(mb: MicroBatch) -> None:
         nonlocal done
@@ -221,14 +195,20 @@ def compute_gradients(
                     h.remove()
                 live.clear()  # the step callback must not keep this group's accumulators alive
             keep = settings.keep_on_device or gi == len(groups) - 1
+            t_finish = timer()
             for name, st in states.items():
                 results[name] = _finish(name, st, n_batches, settings, keep, reduce)
+                if on_result is not None:
+                    on_result(name, results[name])
             del states
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            finish_s += timer() - t_finish
     finally:
         progress.finish()
     seconds = timer()
     rate = total_tokens * len(groups) / max(seconds, 1e-9)
-    return Computed(results, snapshots, len(groups), n_batches, seconds, rate, stats)
+    return Computed(results, snapshots, len(groups), n_batches, seconds, rate, stats, finish_s)
 
 
 def _finish(

@@ -14,6 +14,7 @@ groups (:mod:`svdtool.gradients.passes`) only 1/K of the accumulators exist at a
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,9 @@ from svdtool.calibration.encode import pad_id
 from svdtool.errors import SvdtoolError
 from svdtool.gradients.compute import SKETCH_OVERSAMPLE, ComputeSettings, compute_gradients, micro_batches
 from svdtool.gradients.graphed import width_multiple
-from svdtool.gradients.model import Target, find_targets, load_weights, open_model
+from svdtool.gradients.model import Target, find_targets, load_weights, model_shape, open_model
 from svdtool.gradients.passes import Timer
+from svdtool.gradients.plan import MemoryPlan, plan_memory
 from svdtool.results.gradients import CalibrationInfo, GradientInfo
 from svdtool.runtime import Progress, SilentProgress, describe_device, resolve_device
 from svdtool.sketch import LowRankGradient, sketch_sizes
@@ -34,7 +36,7 @@ from svdtool.sketch import LowRankGradient, sketch_sizes
 if TYPE_CHECKING:
     import torch
 
-    from svdtool.loading import CheckpointMeta
+    from svdtool.loading import CheckpointMeta, TensorInfo
 
 
 @dataclass
@@ -100,11 +102,13 @@ def estimate_gradients(
     req: GradientRequest,
     progress: Progress | None = None,
     reduce: Callable[[str, torch.Tensor], Any] | None = None,
+    on_result: Callable[[str, Any], None] | None = None,
 ) -> GradientEstimate:
     """Run the calibration data through the model and return the target gradients (or their top factors).
 
     ``reduce(name, G)``, exact mode only, replaces each mean gradient while it is still on the device (for
     ``init``, its top factors); it is not used when the gradients come from, or go to, ``--grad-cache``.
+    ``on_result(name, value)`` receives each result as soon as it exists (not when read from a cache).
     """
     import torch
 
@@ -120,26 +124,47 @@ def estimate_gradients(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timer = Timer()
+    phases: dict[str, float] = {}
+    lap = Laps(phases)
     src = open_model(
         req.model, revision=req.revision, token=req.token, dtype=req.dtype, device=device, tokenizer=req.tokenizer
     )
+    if src.dtype_reason:
+        progress.message(f"computing in {src.dtype}: {src.dtype_reason}")
     if src.max_positions is not None and req.calib.max_length > src.max_positions:
         raise SvdtoolError(
             f"--max-length {req.calib.max_length} is longer than the model's maximum sequence length "
             f"{src.max_positions}: lower --max-length"
         )
-    micro_size = req.micro_batch_size or req.calib.batch_size
-    if micro_size > req.calib.batch_size:
-        raise SvdtoolError(f"--micro-batch-size {micro_size} is larger than --batch-size {req.calib.batch_size}")
-    calib = prepare_calibration(req.calib, src.tokenizer)  # data errors surface before the weights load
-    model = load_weights(src, device)
-    targets = find_targets(model, req.targets, _checkpoint_names(src.folder))
-    multiple = width_multiple(device, req.offload)
-    micro = micro_batches(calib.items, req.calib.batch_size, micro_size, pad_id(src.tokenizer), multiple)
     bs = req.calib.batch_size
+    if req.micro_batch_size is not None and req.micro_batch_size > bs:
+        raise SvdtoolError(f"--micro-batch-size {req.micro_batch_size} is larger than --batch-size {bs}")
+    lap("open")
+    calib = prepare_calibration(req.calib, src.tokenizer)  # data errors surface before the weights load
+    lap("calibration")
+    infos = _checkpoint_infos(src.folder)
+    multiple = width_multiple(device, req.offload)
+    width = max(-(-len(e.input_ids) // multiple) * multiple for e in calib.items)
+    plan = plan_memory(
+        model_shape(src.meta.config, infos or [], req.targets, src.dtype),
+        mode=req.mode,
+        offload=req.offload,
+        batch_size=bs,
+        width=width,
+        n_batches=-(-len(calib.items) // bs),
+        budget=int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None,
+        groups=req.groups,
+        micro_batch_size=req.micro_batch_size,
+        sketch_bytes=_sketch_bytes(infos or [], req) if req.mode == "sketch" else 0,
+    )
+    progress.message(f"gradient passes: {plan.groups} group(s), micro-batch {plan.micro_batch_size} ({plan.reason})")
+    model = load_weights(src, device)
+    lap("load")
+    targets = find_targets(model, req.targets, {i.name for i in infos} if infos else None)
+    micro = micro_batches(calib.items, bs, plan.micro_batch_size, pad_id(src.tokenizer), multiple)
     settings = ComputeSettings(
         mode=req.mode,
-        groups=req.groups,
+        groups=plan.groups,
         offload=req.offload,
         sketch_rank=req.sketch_rank,
         sketch_oversample=req.sketch_oversample,
@@ -147,7 +172,12 @@ def estimate_gradients(
         snapshots=[c // bs for c in req.snapshots],
     )
     use_reduce = reduce if req.mode == "exact" and req.cache is None else None
-    done = compute_gradients(model, targets, micro, settings, device, progress, use_reduce)
+    try:
+        done = compute_gradients(model, targets, micro, settings, device, progress, use_reduce, on_result)
+    except torch.OutOfMemoryError:
+        raise SvdtoolError(_oom_message(plan, req)) from None
+    phases["passes"] = round(done.seconds - done.finish_seconds, 4)
+    phases["reduce" if use_reduce else "finish"] = round(done.finish_seconds, 4)
     info = GradientInfo(
         mode=req.mode,
         model=src.meta.description,
@@ -156,7 +186,7 @@ def estimate_gradients(
         device=describe_device(device),
         targets=[t.name for t in targets],
         batches=done.batches,
-        micro_batch_size=micro_size,
+        micro_batch_size=plan.micro_batch_size,
         groups=done.groups,
         offload=req.offload,
         accumulation="fp32",
@@ -168,6 +198,9 @@ def estimate_gradients(
         cache=str(req.cache) if req.cache else None,
         transposed=[t.name for t in targets if t.transposed],
         cuda_graphs=dataclasses.asdict(done.graph_stats) if device.type == "cuda" else {},
+        dtype_reason=src.dtype_reason,
+        plan=plan.as_dict(),
+        phases=phases,
     )
     shapes = {t.name: (t.out_features, t.in_features) for t in targets}
     ordered = {t.name: done.results[t.name] for t in targets}
@@ -186,14 +219,52 @@ def estimate_gradients(
     return est
 
 
-def _checkpoint_names(folder: Path) -> set[str] | None:
+def _checkpoint_infos(folder: Path) -> list[TensorInfo] | None:
     from svdtool.loading import open_checkpoint
 
     try:
         with open_checkpoint(str(folder)) as ckpt:
-            return {i.name for i in ckpt.tensors()}
+            return ckpt.tensors()
     except SvdtoolError:
         return None
+
+
+def _sketch_bytes(infos: list[TensorInfo], req: GradientRequest) -> int:
+    """The float32 sketches Y (out, k) and W (l, in) of every target, for the memory plan."""
+    total = 0
+    for i in infos:
+        if (
+            len(i.shape) == 2
+            and naming.layer_index(i.name) is not None
+            and naming.is_adapter_target(i.name, req.targets)
+        ):
+            out_f, in_f = i.shape  # (in, out) for Conv1D: the sum is the same to within the cap
+            k, l_ = sketch_sizes(req.sketch_rank, out_f, in_f, req.sketch_oversample)
+            total += 4 * (out_f * k + l_ * in_f)
+    return total
+
+
+def _oom_message(plan: MemoryPlan, req: GradientRequest) -> str:
+    advice = ["--grad-groups N with a larger N", "--micro-batch-size 1"]
+    if req.mode == "exact":
+        advice += ["--gradient sketch", "--offload"]
+    return (
+        f"the device ran out of memory during the gradient passes ({plan.groups} layer group(s), micro-batch "
+        f"{plan.micro_batch_size}, estimated {plan.need / 2**30:.1f} GiB); try {', '.join(advice)}, or more GPUs"
+    )
+
+
+class Laps:
+    """Named wall-clock phases: ``lap(name)`` records the seconds since the previous lap."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = round(now - self.t, 4)
+        self.t = now
 
 
 def _sketch_info(targets: list[Target], req: GradientRequest) -> dict[str, int]:

@@ -9,10 +9,13 @@ So :class:`StepRunner` measures before it commits, once per pass:
 
 1. step 1 runs eagerly on a side stream, as the torch documentation asks before a capture (the autograd
    thread's cuBLAS handle and workspaces, our mixed-dtype GEMM probe);
-2. step 2 runs eagerly and is timed;
-3. step 3 is captured and replayed, and timed. Graphs stay on for the pass only if the replay took at most
-   :data:`KEEP_RATIO` of the eager step's time per token; otherwise they are freed and the pass goes on
-   eagerly.
+2. step 2 runs eagerly and is timed twice: when the host has queued its last kernel, and when the GPU has
+   finished. If the GPU still had more than :data:`GPU_BOUND_SHARE` of the step to run when the host was
+   done, the GPU sets the pace and a graph cannot help: the pass goes on eagerly without a capture (a
+   capture and its memory pool cost ≈ 0.9 s on a 7B model, where graphs were always dropped);
+3. otherwise step 3 is captured and replayed, and timed. Graphs stay on for the pass only if the replay took
+   at most :data:`KEEP_RATIO` of the eager step's time per token; otherwise they are freed and the pass goes
+   on eagerly.
 
 Every step is real work: its gradient is folded like any other. With graphs on, each new input shape is
 captured once (a capture records the kernels without running them) and replayed after copying the inputs
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
 WIDTH_MULTIPLE = 64
 #: Keep graphs for a pass when a replay takes at most this share of an eager step's time (per token).
 KEEP_RATIO = 0.9
+#: Skip the capture when the GPU still had this share of the timed eager step to run once the host was done.
+GPU_BOUND_SHARE = 0.15
 #: Decide by timing (True), or replay every step after the first whatever the timing (tests set False).
 ADAPTIVE = True
 
@@ -104,6 +109,8 @@ class GraphStats:
     eager: int = 0
     failed: int = 0
     dropped: int = 0
+    skipped: int = 0  # passes where the timed eager step showed the GPU setting the pace: no capture tried
+    gpu_behind_pct: int = 0  # share of the (last) timed eager step the GPU still had to run when the host was done
 
 
 class StepRunner:
@@ -130,8 +137,12 @@ class StepRunner:
         if self.steps == 1:
             return self._eager(io, body, side_stream=True)
         if not self.decided and self.eager_per_token is None:
-            out, seconds = self._timed(lambda: self._eager(io, body))
+            out, seconds, queued = self._timed(lambda: self._eager(io, body))
             self.eager_per_token = seconds / io.ids.numel()
+            self.stats.gpu_behind_pct = round(100 * (seconds - queued) / max(seconds, 1e-9))
+            if seconds - queued > GPU_BOUND_SHARE * seconds:
+                self.decided, self.enabled = True, False  # the GPU, not the host, sets the pace
+                self.stats.skipped += 1
             return out
         key = io.key()
         if key not in self.graphs:
@@ -141,7 +152,7 @@ class StepRunner:
             return self._eager(io, body)
         if self.decided:
             return self._replay(g, io)
-        out, seconds = self._timed(lambda: self._replay(g, io))
+        out, seconds, _ = self._timed(lambda: self._replay(g, io))
         self.decided = True
         assert self.eager_per_token is not None
         if seconds / io.ids.numel() > KEEP_RATIO * self.eager_per_token:
@@ -163,14 +174,16 @@ class StepRunner:
         self.stats.replayed += 1
         return None if g.output is None else g.output.clone()
 
-    def _timed(self, fn: Callable[[], torch.Tensor | None]) -> tuple[torch.Tensor | None, float]:
+    def _timed(self, fn: Callable[[], torch.Tensor | None]) -> tuple[torch.Tensor | None, float, float]:
+        """(fn's output, seconds until the GPU finished it, seconds until the host had queued it all)."""
         import torch
 
         torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
         out = fn()
+        queued = time.perf_counter() - t0
         torch.cuda.synchronize(self.device)
-        return out, time.perf_counter() - t0
+        return out, time.perf_counter() - t0, queued
 
     def _capture(self, io: StepInputs, body: Body) -> _Graph | None:
         slots = io.clone()

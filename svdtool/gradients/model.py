@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from svdtool import naming
 from svdtool.errors import SvdtoolError
-from svdtool.loading import CheckpointMeta, parse_model_spec
+from svdtool.gradients.plan import ModelShape
+from svdtool.loading import FLOAT_DTYPES, CheckpointMeta, TensorInfo, parse_model_spec
 from svdtool.results.manifest import SourceFile
 
 if TYPE_CHECKING:
@@ -88,18 +89,44 @@ def max_positions(config: dict[str, Any] | None) -> int | None:
     return None
 
 
-def resolve_dtype(requested: str, config: dict[str, Any] | None, device: torch.device) -> str:
-    """``auto`` → the checkpoint's dtype (fp32 when unknown); fp16 on the CPU is refused (too slow, unsupported ops)."""
+def resolve_dtype(requested: str, config: dict[str, Any] | None, device: torch.device) -> tuple[str, str | None]:
+    """The compute dtype, and why it differs from the checkpoint's when it does.
+
+    ``auto`` is the checkpoint's dtype on a GPU (fp32 when unknown). On a CPU, ``auto`` computes a bf16 or
+    fp16 checkpoint in fp32: CPU kernels for bf16 are slower than fp32 ones (SmolLM2 coverage on 2 cores:
+    35 tok/s in bf16, 121 tok/s in fp32), and fp16 lacks CPU kernels. ``--dtype bf16`` still runs bf16.
+    """
+    raw = str((config or {}).get("dtype") or (config or {}).get("torch_dtype") or "float32")
+    stored = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(raw, "fp32")
     if requested == "auto":
-        raw = str((config or {}).get("dtype") or (config or {}).get("torch_dtype") or "float32")
-        name = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(raw, "fp32")
-    elif requested in DTYPES:
-        name = requested
-    else:
+        if device.type == "cpu" and stored != "fp32":
+            return "fp32", f"the checkpoint is {stored}; on the CPU fp32 is faster (--dtype {stored} keeps {stored})"
+        return stored, None
+    if requested not in DTYPES:
         raise SvdtoolError(f"--dtype {requested!r}: expected auto, fp32, bf16 or fp16")
-    if name == "fp16" and device.type == "cpu":
-        name = "fp32"
-    return name
+    if requested == "fp16" and device.type == "cpu":
+        return "fp32", "fp16 has no CPU kernels for training passes: computing in fp32"
+    return requested, None
+
+
+def model_shape(config: dict[str, Any] | None, infos: list[TensorInfo], targets: list[str], dtype: str) -> ModelShape:
+    """What :func:`svdtool.gradients.plan.plan_memory` needs, from config.json and the checkpoint headers."""
+    import torch
+
+    cfg = config or {}
+    itemsize = torch.empty((), dtype=getattr(torch, DTYPES[dtype])).element_size()
+    hidden = int(cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model") or 0)
+    inter = int(cfg.get("intermediate_size") or cfg.get("n_inner") or cfg.get("ffn_dim") or 4 * hidden)
+    vocab = int(cfg.get("vocab_size") or 0)
+    weight_bytes = 0
+    per_block: dict[int, int] = {}
+    for info in infos:
+        weight_bytes += info.numel * (itemsize if info.dtype in FLOAT_DTYPES else info.nbytes // max(info.numel, 1))
+        block = naming.layer_index(info.name)
+        if len(info.shape) == 2 and block is not None and naming.is_adapter_target(info.name, targets):
+            per_block[block] = per_block.get(block, 0) + info.numel
+    params = [per_block[b] for b in sorted(per_block, reverse=True)]
+    return ModelShape(weight_bytes, params, hidden, inter, vocab, itemsize)
 
 
 @dataclass
@@ -111,6 +138,7 @@ class ModelSource:
     tokenizer: Any
     dtype: str  # fp32 | bf16 | fp16
     max_positions: int | None
+    dtype_reason: str | None = None  # why dtype is not the checkpoint's (a CPU run of a bf16 model)
 
 
 def open_model(
@@ -121,7 +149,7 @@ def open_model(
 
     folder, meta = model_folder(spec, revision, token)
     check_causal(meta.config, meta.description)
-    name = resolve_dtype(dtype, meta.config, device)
+    name, reason = resolve_dtype(dtype, meta.config, device)
     tok_source = tokenizer or str(folder)
     try:
         tok = AutoTokenizer.from_pretrained(tok_source)
@@ -129,7 +157,7 @@ def open_model(
         raise SvdtoolError(
             f"cannot load a tokenizer from {tok_source} ({str(exc).splitlines()[0][:120]}); pass --tokenizer PATH"
         ) from None
-    return ModelSource(folder, meta, tok, name, max_positions(meta.config))
+    return ModelSource(folder, meta, tok, name, max_positions(meta.config), reason)
 
 
 def load_weights(src: ModelSource, device: torch.device) -> Any:
@@ -142,8 +170,12 @@ def load_weights(src: ModelSource, device: torch.device) -> Any:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # our own progress goes to stderr
+    # On a GPU the shards are read straight into device memory (no full host copy, no pageable upload).
+    placement = {"device_map": {"": device}} if device.type == "cuda" else {}
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(str(src.folder), dtype=getattr(torch, DTYPES[src.dtype]))
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(src.folder), dtype=getattr(torch, DTYPES[src.dtype]), **placement
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

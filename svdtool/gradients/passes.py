@@ -35,6 +35,7 @@ class MicroBatch:
     samples: int
     tokens: int  # non-pad input tokens
     last_of_batch: bool
+    staged: StepInputs | None = None  # the inputs already on the device (see :func:`stage`)
 
 
 class _Stop(Exception):  # noqa: N818 - control flow, not an error
@@ -55,10 +56,28 @@ def _hidden(value: Any) -> torch.Tensor:
     return h
 
 
-def to_device(mb: MicroBatch, device: torch.device, delta: torch.Tensor | None = None) -> StepInputs:
-    """The micro-batch's tensors on ``device``; the mask is dropped when nothing is padded (same result)."""
+def stage(micro: list[MicroBatch], device: torch.device) -> None:
+    """Upload every micro-batch's inputs once, before the passes (a few MB of token ids).
+
+    A copy from pageable host memory inside the loop would make the host wait for the GPU to drain at every
+    step, so the next step's kernels could not be queued while the current one runs.
+    """
     import torch
 
+    for mb in micro:
+        mb.staged = to_device(mb, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def to_device(mb: MicroBatch, device: torch.device, delta: torch.Tensor | None = None) -> StepInputs:
+    """The micro-batch's tensors on ``device``; the mask is dropped when nothing is padded (same result)."""
+    import dataclasses
+
+    import torch
+
+    if mb.staged is not None and mb.staged.ids.device == device:
+        return dataclasses.replace(mb.staged, delta=None if delta is None else delta.to(device, non_blocking=True))
     mask = mb.inputs["attention_mask"]
     return StepInputs(
         ids=mb.inputs["input_ids"].to(device, non_blocking=True),

@@ -6,6 +6,7 @@ Shared by ``coverage`` results, the LoRA-GA init sidecar, and the ``--grad-cache
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -60,3 +61,6 @@ class GradientInfo:
     from_cache: bool = False
     transposed: list[str] = field(default_factory=list)  # targets stored (in, out) in the checkpoint (GPT-2 Conv1D)
     cuda_graphs: dict[str, int] = field(default_factory=dict)  # CUDA: steps captured / replayed / eager / failed
+    dtype_reason: str | None = None  # why dtype differs from the checkpoint's (fp32 on a CPU)
+    plan: dict[str, Any] = field(default_factory=dict)  # groups, micro-batch, estimated peak, budget, reason
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: open, calibration, load, passes, reduce
