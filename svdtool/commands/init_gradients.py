@@ -9,7 +9,7 @@ as the parameter is stored (GPT-2 Conv1D: (in, out)).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from svdtool.commands.common import Progress, SilentProgress
@@ -44,9 +44,17 @@ def method_extra(rank: int, svd: str, seed: int, oversample: int | None, niter: 
 
 
 def lora_ga_gradients(
-    req: GradientRequest, *, rank: int, method_options: dict[str, Any], progress: Progress | None = None
+    req: GradientRequest,
+    *,
+    rank: int,
+    method_options: dict[str, Any],
+    progress: Progress | None = None,
+    make_reducer: Callable[[int, dict[str, Any]], Callable[[str, Any], Any]] | None = None,
 ) -> tuple[Mapping[str, Any], dict[str, Any]]:
-    """(gradient source for ``InitRequest.gradients``, provenance scalars for ``svdtool.json``)."""
+    """(gradient source for ``InitRequest.gradients``, provenance scalars for ``svdtool.json``).
+
+    ``make_reducer(rank, options)`` is the method's ``MethodSpec.reducer`` (default: LoRA-GA's top-2r triplets).
+    """
     from svdtool.methods.lora_ga import reducer
 
     progress = progress or SilentProgress()
@@ -54,7 +62,7 @@ def lora_ga_gradients(
         req.sketch_rank = max(req.sketch_rank, 2 * rank)
     # PEFT's "random" split reuses the permutation drawn right after its own svd_lowrank call: keep G whole.
     replay = method_options.get("convention") == "peft" and method_options.get("direction") == "random"
-    reduce = None if replay else reducer(rank, method_options)
+    reduce = None if replay else (make_reducer or reducer)(rank, method_options)
     est = estimate_gradients(req, progress, reduce)
     return StoredLayout(est.provider(), set(est.info.transposed)), provenance(est)
 
