@@ -210,4 +210,6 @@ def run_verify(req: VerifyRequest, progress: Progress | None = None) -> VerifyRe
         versions=versions("transformers", "peft"),
         seconds=round(time.perf_counter() - t0, 3),
         notes=notes + ([] if layers else ["no initialised layer was found to check"]),
+        base=init.base,
+        changes_output=init.changes_output,
     )

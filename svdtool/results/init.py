@@ -123,3 +123,5 @@ class VerifyResult:
     versions: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    base: str = "residual"  # as InitResult.base: "original" has no residual to compare
+    changes_output: bool = False
