@@ -14,8 +14,11 @@ from svdtool.commands.init import InitRequest, run_init
 from svdtool.results.init import InitResult
 from tests.helpers import assert_close
 from tests.test_init_cli import cli, model_class, outputs, toy_ids
+from tests.test_methods_peft_inits import NEEDS_MICA
 
 KEPT = ["mica", "orthogonal"]
+#: mica folders load in PEFT only from 0.20 on.
+KEPT_PEFT = [pytest.param("mica", marks=NEEDS_MICA), "orthogonal"]
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +54,7 @@ def test_kept_base_writes_only_the_adapter(new_inits: dict, kind: str, method: s
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-@pytest.mark.parametrize("method", ["olora", *KEPT])
+@pytest.mark.parametrize("method", ["olora", *KEPT_PEFT])
 def test_peft_loads_trains_and_starts_from_the_original(new_inits: dict, kind: str, method: str) -> None:
     from peft import PeftModel
 
@@ -79,7 +82,7 @@ def test_peft_loads_trains_and_starts_from_the_original(new_inits: dict, kind: s
     assert (set(b_names) <= changed) is (method != "mica") and (not (set(b_names) & changed)) is (method == "mica")
 
 
-@pytest.mark.parametrize("method", ["olora", *KEPT])
+@pytest.mark.parametrize("method", ["olora", *KEPT_PEFT])
 def test_verify_passes(new_inits: dict, method: str, capsys: Any) -> None:
     for kind in ("llama", "gpt2"):
         _, folder, _ = new_inits[(kind, method)]
@@ -214,3 +217,13 @@ def test_reports_render(new_inits: dict, tmp_path: Path, capsys: Any) -> None:
         code, _, err = cli(["report", str(folder), "-o", str(html)], capsys)
         assert code == 0, err
         assert needle in html.read_text()
+
+
+def test_bf16_olora_reproduces_the_original_to_the_bf16_floor(tmp_path: Path, capsys: Any) -> None:
+    from tests.conftest import build_tiny_model, save_tiny
+
+    src = save_tiny(build_tiny_model("llama", seed=4), tmp_path / "bf16", sharded=False, dtype=torch.bfloat16)
+    res = run_init(InitRequest(model=str(src), method="olora", rank=4, alpha=16, out=tmp_path / "o", device="cpu"))
+    assert res.residual_dtype == "bf16" and res.max_reconstruction_error <= res.reconstruction_tol
+    code, stdout, err = cli(["verify", str(tmp_path / "o"), "--device", "cpu"], capsys)
+    assert code == 0 and "verify passed" in stdout, stdout + err

@@ -13,6 +13,18 @@ from tests.helpers import assert_close, matrix_with_spectrum
 from tests.test_methods import SHAPES, rel, weight
 
 
+def _peft_has_mica() -> bool:
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return Version(version("peft")) >= Version("0.20")
+
+
+#: PEFT < 0.20 has no "mica" init (and refuses the config value); pyproject allows peft >= 0.15.
+NEEDS_MICA = pytest.mark.skipif(not _peft_has_mica(), reason="PEFT < 0.20 has no MiCA")
+
+
 def peft_layer(w: torch.Tensor, r: int, alpha: float, init: str, conv1d: bool = False):  # type: ignore[no-untyped-def]
     """PEFT's LoRA layer after ``get_peft_model`` with ``init_lora_weights=init`` on one Linear (or Conv1D)."""
     from peft import LoraConfig, get_peft_model
@@ -83,6 +95,7 @@ def test_olora_on_gpt2_conv1d_is_peft_olora_of_the_transpose() -> None:
 
 
 # ---------------------------------------------------------------- MiCA
+@NEEDS_MICA
 @pytest.mark.parametrize("shape", SHAPES)
 def test_mica_equals_peft(shape: tuple[int, int]) -> None:
     # Separated singular values: PEFT's float32 SVD resolves the minor vectors to ε₃₂·σ₁/gap.
