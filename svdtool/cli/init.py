@@ -263,7 +263,7 @@ def print_init(result: InitResult, folder: Path) -> None:
         out.print(
             f"--rank-alloc {s.rank_alloc}: {a.get('rank_params', 0):,} of {a.get('rank_budget', 0):,} adapter "
             f"parameters; gain {a.get('rank_gain', 0):.4g} vs {a.get('rank_gain_uniform', 0):.4g} at uniform r={s.rank}"
-            f"; {a.get('rank_dropped', 0)} layers at rank 0 (no adapter)",
+            f"; layers at rank 0 (no adapter): {a.get('rank_dropped', 0)}",
             highlight=False,
         )
     if result.base == "original":

@@ -38,7 +38,7 @@ def _settings(result: InitResult) -> str:
             f"{a.get('rank_cap')} per layer) within the budget of r = {s.rank} everywhere: "
             f"{a.get('rank_params', 0):,} of {a.get('rank_budget', 0):,} parameters, gain "
             f"{a.get('rank_gain', 0):.4g} against {a.get('rank_gain_uniform', 0):.4g} at uniform rank; "
-            f"{a.get('rank_dropped', 0)} layers get no adapter."
+            f"layers with no adapter (rank 0): {a.get('rank_dropped', 0)}."
         )
     if result.frozen:
         text_ += f" Keep {', '.join(result.frozen)} frozen while training."
