@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from svdtool.results.init import InitResult
 
-_TITLES = {"pissa": "PiSSA", "milora": "MiLoRA", "svd-lora-fa": "SVD-initialised LoRA-FA"}
+_TITLES = {
+    "pissa": "PiSSA",
+    "milora": "MiLoRA",
+    "svd-lora-fa": "SVD-initialised LoRA-FA",
+    "olora": "OLoRA",
+    "mica": "MiCA",
+    "orthogonal": "Orthogonal",
+    "lora-one": "LoRA-One",
+}
 
 
 def _fmt(x: float) -> str:
@@ -43,6 +51,11 @@ def render_card(res: InitResult, folder_name: str) -> str:
         f"- **Targets:** {len(res.layers)} weights; `target_modules` = {', '.join(s.target_modules)}.",
         f"- **SVD:** {svd}; algorithms: {algos}.",
         f"- **Adapter energy share** ‖s·B·A‖²/‖W‖²: min {_fmt(min(energy))}, max {_fmt(max(energy))}.",
+        *_allocation(res),
+    ]
+    if res.base == "original":
+        return "\n".join(lines + kept_base_sections(res, d, a, auto))
+    lines += [
         f"- **Residual** W_res = W − s·B·A in {res.residual_dtype} (as the source); adapter in float32. "
         f"Largest ‖W − (W_res + s·B·A)‖/‖W‖ = {res.max_reconstruction_error:.2e} "
         f"(tolerance {res.reconstruction_tol:g}).",
@@ -65,16 +78,7 @@ def render_card(res: InitResult, folder_name: str) -> str:
     ]
     if res.frozen:
         lines += _frozen_section(res.frozen, s.rank, s.alpha)
-    lines += [
-        "## Train with PEFT",
-        "",
-        "```python",
-        f"from transformers import {auto}",
-        "from peft import PeftModel",
-        "",
-        f'base = {auto}.from_pretrained("{d}", dtype="auto")',
-        f'model = PeftModel.from_pretrained(base, "{a}", is_trainable=True)',
-    ]
+    lines += _peft_snippet(auto, d, a, "")
     if res.frozen:
         lines += [
             "for name, param in model.named_parameters():",
@@ -115,17 +119,103 @@ def render_card(res: InitResult, folder_name: str) -> str:
         f"This rewrites `{a}/adapter_config.json` (same values, `init_lora_weights: true`); keep a copy of "
         f"`{a}` if you need it byte for byte. Then load `trained-lora` on `{m.model}`.",
         "",
-        "## Check",
-        "",
-        "```",
-        f"svdtool verify {d}",
-        "```",
-        "",
-        "compares W_res + s·B·A with the original weights layer by layer, and the logits of residual + adapter "
-        "with those of the original model.",
-        "",
+        *_check(
+            d,
+            "compares W_res + s·B·A with the original weights layer by layer, and the logits of residual + "
+            "adapter with those of the original model.",
+        ),
     ]
     return "\n".join(lines)
+
+
+def _allocation(res: InitResult) -> list[str]:
+    s = res.settings
+    if s.rank_alloc == "uniform":
+        return []
+    ranks = sorted(s.rank_pattern.values())
+    return [
+        f"- **Rank allocation** `--rank-alloc {s.rank_alloc}`: ranks {ranks[0]}–{ranks[-1]} within the parameter "
+        f"budget of r = {s.rank} everywhere; per-module r and α in `rank_pattern`/`alpha_pattern` (s is the same "
+        "for every module)."
+    ]
+
+
+def kept_base_sections(res: InitResult, d: str, a: str, auto: str) -> list[str]:
+    """Layout and training for methods that leave the base untouched: the adapter goes on the original model."""
+    base = res.base_model_name_or_path
+    start = (
+        "The starting model is the original **plus** s·B·A (one gradient step, by design): it is not a no-op."
+        if res.changes_output
+        else f"s·B·A = 0 at init (largest ‖s·B·A‖/‖W‖ = {res.max_reconstruction_error:.1e}), so training starts "
+        "from exactly the original model."
+    )
+    low_mem = ", low_cpu_mem_usage=True" if res.init_lora_weights == "mica" else ""
+    lines = [
+        f"- **Base:** untouched. Only the adapter is written; its `base_model_name_or_path` is the original, "
+        f"`{base}`. {start}",
+        "",
+        "## Layout",
+        "",
+        "| path | what |",
+        "|---|---|",
+        f"| `{a}/` | the initialised adapter (`adapter_config.json` with `init_lora_weights: "
+        f"{_json(res.init_lora_weights)}`, `adapter_model.safetensors`, float32) |",
+        f"| `{d}/svdtool.json` | per-layer values, algorithm, versions, command line |",
+        "",
+        "Load the adapter on the **original** model. There is no residual copy of the base.",
+        "",
+    ]
+    if res.init_lora_weights == "mica":
+        lines += [
+            "## MiCA needs PEFT ≥ 0.20",
+            "",
+            "`lora_B` holds the minor singular vectors and must stay **frozen**; only `lora_A` trains. The config "
+            'says `init_lora_weights: "mica"`, so PEFT ≥ 0.20 wraps each layer in its MiCA variant, which keeps '
+            '`lora_B` frozen (older PEFT refuses the value: "Unknown initialization"). Load with '
+            "`low_cpu_mem_usage=True` so PEFT does not recompute the SVD (the saved B is loaded either way).",
+            "",
+        ]
+    lines += _peft_snippet(auto, base, a, low_mem)
+    lines += [
+        "```",
+        "",
+        "## Train with Axolotl",
+        "",
+        "```yaml",
+        f"base_model: {base}",
+        "adapter: lora",
+        f"lora_model_dir: {a}",
+        "```",
+        "",
+        *_check(
+            d,
+            "checks s·B·A per layer and compares the outputs of the original + adapter (through PEFT) with "
+            + ("the original plus s·B·A merged by svdtool." if res.changes_output else "the original model."),
+        ),
+    ]
+    return lines
+
+
+def _peft_snippet(auto: str, base: str, adapter: str, kwargs: str) -> list[str]:
+    """The start of the "Train with PEFT" block (the caller closes the code fence)."""
+    return [
+        "## Train with PEFT",
+        "",
+        "```python",
+        f"from transformers import {auto}",
+        "from peft import PeftModel",
+        "",
+        f'base = {auto}.from_pretrained("{base}", dtype="auto")',
+        f'model = PeftModel.from_pretrained(base, "{adapter}", is_trainable=True{kwargs})',
+    ]
+
+
+def _check(folder: str, what: str) -> list[str]:
+    return ["## Check", "", "```", f"svdtool verify {folder}", "```", "", what, ""]
+
+
+def _json(x: bool | str) -> str:
+    return ("true" if x else "false") if isinstance(x, bool) else f'"{x}"'
 
 
 def _frozen_section(frozen: list[str], rank: int, alpha: float) -> list[str]:

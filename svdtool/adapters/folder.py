@@ -14,8 +14,11 @@ from svdtool.results.base import atomic_write_bytes, dumps
 from svdtool.results.init import InitResult
 
 
-def write_folder(result: InitResult, tmp: Path) -> None:
-    """Write ``<adapter>/adapter_config.json``, ``svdtool.json`` and ``README.md`` into the staged folder."""
+def write_folder(result: InitResult, tmp: Path, folder_name: str | None = None) -> None:
+    """Write ``<adapter>/adapter_config.json``, ``svdtool.json`` and ``README.md`` into the staged folder.
+
+    ``folder_name``: how the card names DIR (default: the residual's folder, which DIR is).
+    """
     s = result.settings
     config = adapter_config(
         rank=s.rank,
@@ -25,12 +28,22 @@ def write_folder(result: InitResult, tmp: Path) -> None:
         task_type=result.task_type,
         base_model=result.base_model_name_or_path,
         fan_in_fan_out=any(layer.transposed for layer in result.layers),
+        revision=_base_revision(result),
+        init_lora_weights=result.init_lora_weights,
+        rank_pattern=s.rank_pattern,
+        alpha_pattern=s.alpha_pattern,
     )
     text = json.dumps(config, indent=2) + "\n"
     atomic_write_bytes(tmp / result.adapter_dir / ADAPTER_CONFIG, text.encode())
     atomic_write_bytes(tmp / InitResult.JSON, dumps(result).encode())
-    name = Path(result.base_model_name_or_path).name
+    name = folder_name or Path(result.base_model_name_or_path).name
     atomic_write_bytes(tmp / "README.md", render_card(result, name).encode())
+
+
+def _base_revision(result: InitResult) -> str | None:
+    """An adapter on the original Hub model is pinned to the commit it was computed from."""
+    m = result.manifest
+    return m.sha if result.base == "original" and m.source_kind.startswith("hub") else None
 
 
 def aux_source(ckpt: Checkpoint, token: str | None) -> Path:

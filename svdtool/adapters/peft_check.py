@@ -74,29 +74,40 @@ def check_outputs(
     prompts: list[str],
     device: torch.device,
 ) -> tuple[LogitsCheck | None, str | None]:
-    """Outputs of residual + adapter vs the original, float32. (None, why) when the original cannot be loaded."""
+    """Outputs of residual + adapter vs the original, float32. (None, why) when the original cannot be loaded.
+
+    With ``init.base == "original"`` the adapter goes on the original itself, and the reference is the original
+    with s·B·A added by svdtool when the init changes the output (LoRA-One), else the original as it is.
+    """
     import torch
     from peft import PeftModel
 
     where = _original_location(original, revision)
     if where is None:
         return None, f"output check skipped: transformers cannot load {original} (pass --model FOLDER)"
-    config = json.loads((folder / "config.json").read_text())
+    kept = init.base == "original"
+    config = json.loads((folder / "config.json").read_text()) if not kept else dict(orig_config or {})
     cls = model_class(config)
     causal = init.task_type == "CAUSAL_LM"
-    ids, shown = _inputs(folder, config, prompts)
+    ids, shown = _inputs(Path(where[0]) if kept and Path(where[0]).is_dir() else folder, config, prompts)
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if where[1]:
         kwargs["revision"] = where[1]
     if token:
         kwargs["token"] = token
     base = cls.from_pretrained(where[0], **kwargs).to(device).eval()
+    if kept and init.changes_output:
+        add_adapter(base, init, adapter_dir)
     ref = _run(base, ids, causal, device)
     del base
-    residual = cls.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+    if kept:
+        residual = cls.from_pretrained(where[0], **kwargs).to(device).eval()
+    else:
+        residual = cls.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
     with warnings.catch_warnings():  # PEFT's own deprecation chatter about transformers internals
         warnings.simplefilter("ignore", FutureWarning)
-        model = PeftModel.from_pretrained(residual, str(adapter_dir)).eval()
+        # low_cpu_mem_usage: PEFT skips inits that only the saved tensors overwrite (MiCA's full SVD).
+        model = PeftModel.from_pretrained(residual, str(adapter_dir), low_cpu_mem_usage=kept).eval()
     got = _run(model, ids, causal, device)
     del model, residual
     diff = got - ref
@@ -114,3 +125,22 @@ def check_outputs(
         ok=rel <= tol,
     )
     return check, None
+
+
+def add_adapter(model: Any, init: InitResult, adapter_dir: Path) -> None:
+    """W ← W + s·B·A in float64 for every initialised layer of ``model`` (svdtool's own merge, not PEFT's)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from svdtool.adapters.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_key, scaling_of
+
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    tensors = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
+    with torch.no_grad():
+        for x in init.layers:
+            s = scaling_of(config, x.module)
+            a = tensors[lora_key(x.module, "A")].double()  # (r, in)
+            b = tensors[lora_key(x.module, "B")].double()  # (out, r)
+            weight = model.get_submodule(x.module).weight
+            delta = s * (b @ a)  # (out, in)
+            weight.copy_((weight.double() + (delta.T if x.transposed else delta).to(weight.device)).to(weight.dtype))

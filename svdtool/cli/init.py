@@ -41,10 +41,34 @@ from svdtool.cli.options import (
 if TYPE_CHECKING:
     from svdtool.results.init import InitResult
 
-MethodOpt = Annotated[str, typer.Option("--method", help="pissa | milora | svd-lora-fa | lora-ga.", show_default=False)]
-RankOpt = Annotated[int, typer.Option("--rank", "-r", help="Adapter rank r.", show_default=False)]
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="pissa | milora | svd-lora-fa | lora-ga | olora | mica | orthogonal | lora-one (see docs/init.md).",
+        show_default=False,
+    ),
+]
+#: Methods that need the gradient of the loss on calibration data (--calib or --grad-cache).
+GRADIENT_METHODS = ("lora-ga", "lora-one")
+RankOpt = Annotated[
+    int, typer.Option("--rank", "-r", help="Adapter rank r (the mean rank with --rank-alloc).", show_default=False)
+]
+RankAllocOpt = Annotated[
+    str,
+    typer.Option(
+        "--rank-alloc",
+        help="uniform | energy (pissa, svd-lora-fa) | coverage (lora-ga, lora-one): per-layer ranks within the "
+        "parameter budget of rank r everywhere, by greedy marginal gain (rank_pattern/alpha_pattern).",
+    ),
+]
 InitOutOpt = Annotated[
-    Path, typer.Option("--out", help="Output folder: the residual model, plus the adapter in <method>_init/.")
+    Path,
+    typer.Option(
+        "--out",
+        help="Output folder: the residual model plus the adapter in <method>_init/ (mica, orthogonal, lora-one: "
+        "the adapter only).",
+    ),
 ]
 AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="LoRA alpha α (default: r, so s = α/r = 1).")]
 RsloraOpt = Annotated[bool, typer.Option("--rslora", help="rsLoRA scaling s = α/√r instead of α/r.")]
@@ -59,7 +83,14 @@ SvdOpt = Annotated[
 ]
 # LoRA-GA only (see docs/lora_ga.md)
 DirectionOpt = Annotated[str, typer.Option("--direction", help="lora-ga: ArB2r | A2rBr | ArBr | random.")]
-GammaOpt = Annotated[float, typer.Option("--gamma", help="lora-ga: stable scale γ (A, B × d_out^¼/√γ).")]
+GammaOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--gamma",
+        help="lora-ga: stable scale γ (A, B × d_out^¼/√γ; default 16). lora-one: B, A ÷ √(σ₁γ) (default 128).",
+        show_default=False,
+    ),
+]
 ConventionOpt = Annotated[
     str,
     typer.Option(
@@ -113,13 +144,17 @@ def init(
     offload: OffloadOpt = False,
     grad_cache: GradCacheOpt = None,
     direction: DirectionOpt = "ArB2r",
-    gamma: GammaOpt = 16.0,
+    gamma: GammaOpt = None,
     convention: ConventionOpt = "reference",
+    rank_alloc: RankAllocOpt = "uniform",
 ) -> None:
-    """SVD-initialised LoRA adapter (PiSSA, MiLoRA, SVD-LoRA-FA, LoRA-GA) plus the exact residual base, for PEFT.
+    """SVD- and data-initialised LoRA adapter (PiSSA, MiLoRA, SVD-LoRA-FA, LoRA-GA, OLoRA, MiCA, orthogonal,
+    LoRA-One), precomputed for PEFT.
 
-    The residual model W − s·B·A goes to DIR (same config, dtype and tokenizer as the source), the adapter to
-    DIR/<method>_init/. Load the adapter on DIR, never on the original model.
+    Methods that change the base (pissa, milora, svd-lora-fa, lora-ga, olora) write the residual model W − s·B·A
+    to DIR (same config, dtype and tokenizer as the source) and the adapter to DIR/<method>_init/: load the
+    adapter on DIR, never on the original. Methods that keep the base (mica, orthogonal, lora-one) write only
+    DIR/<method>_init/, whose base_model_name_or_path is the original model.
 
     \b
     Examples:
@@ -128,6 +163,11 @@ def init(
       svdtool init ./my-model --method svd-lora-fa -r 8 --alpha 16 --out fa
       svdtool init ./my-model --method pissa -r 16 --svd randomized --niter 8 --seed 1 --out fast
       svdtool init ./my-model --method lora-ga -r 8 --alpha 16 --calib metamathqa --out ga
+      svdtool init ./my-model --method olora -r 16 --out ol
+      svdtool init ./my-model --method mica -r 16 --out mi     # needs PEFT >= 0.20 to train (B frozen)
+      svdtool init ./my-model --method orthogonal -r 16 --seed 0 --out orth
+      svdtool init ./my-model --method lora-one -r 16 --calib metamathqa --out one
+      svdtool init ./my-model --method pissa -r 16 --rank-alloc energy --out pe
     """
     from svdtool import naming
     from svdtool.commands.init import InitRequest, run_init
@@ -135,10 +175,13 @@ def init(
     svd = svd or ("randomized" if method == "lora-ga" else "exact")
     extra: dict = {}
     grad_req = None
-    if method == "lora-ga":
+    if method in GRADIENT_METHODS:
         from svdtool.cli.gradient_args import gradient_request
 
-        extra = {"direction": direction, "gamma": gamma, "convention": convention}
+        if method == "lora-ga":
+            extra = {"direction": direction, "gamma": 16.0 if gamma is None else gamma, "convention": convention}
+        else:
+            extra = {"gamma": 128.0 if gamma is None else gamma}
         grad_req = gradient_request(
             model, calib=calib, samples=samples, max_length=max_length, batch_size=batch_size, seed=seed,
             prompt_field=prompt_field, response_field=response_field, text_field=text_field,
@@ -149,7 +192,7 @@ def init(
     elif calib is not None or grad_cache is not None:
         from svdtool.errors import SvdtoolError
 
-        raise SvdtoolError("--calib and --grad-cache apply to --method lora-ga only")
+        raise SvdtoolError(f"--calib and --grad-cache apply to --method {' and '.join(GRADIENT_METHODS)} only")
 
     request = InitRequest(
         model=model,
@@ -171,6 +214,7 @@ def init(
         extra=extra,
         gradient_request=grad_req,
         command=["svdtool", *sys.argv[1:]],
+        rank_alloc=rank_alloc,
     )
     result = run_init(request, RichProgress())
     deliver(result, fmt=fmt, table=lambda r: print_init(r, out_dir), report=report)
@@ -183,16 +227,22 @@ def print_init(result: InitResult, folder: Path) -> None:
     s = result.settings
     m = result.manifest
     t = Table(title=f"{s.method} r={s.rank} α={s.alpha:g} s={s.scaling:.4g} on {m.model}", title_justify="left")
-    for col in ("type", "n", "shape", "algorithm", "energy share", "max ‖W−(W_res+sBA)‖/‖W‖", "max residual", "ms"):
+    alloc = s.rank_alloc != "uniform"
+    error = "max ‖sBA‖/‖W‖" if result.base == "original" and not result.changes_output else "max ‖W−(W_res+sBA)‖/‖W‖"
+    cols = ["type", "n", "shape", *(["ranks"] if alloc else []), "algorithm", "energy share", error]
+    cols += ["max residual", "ms"]
+    for col in cols:
         t.add_column(col, justify="left" if col in ("type", "algorithm") else "right")
     for mtype in dict.fromkeys(x.module_type for x in result.layers):
         xs = [x for x in result.layers if x.module_type == mtype]
         algos = ", ".join(sorted({x.algorithm for x in xs}))
         res = [x.certified_residual for x in xs if x.certified_residual is not None]
+        ranks = [x.rank or s.rank for x in xs]
         t.add_row(
             mtype,
             str(len(xs)),
             "×".join(str(d) for d in xs[0].shape),
+            *([f"{min(ranks)}–{max(ranks)} (mean {sum(ranks) / len(ranks):.1f})"] if alloc else []),
             algos,
             f"{sum(x.energy_share for x in xs) / len(xs):.4f}",
             f"{max(x.reconstruction_error for x in xs):.1e}",
@@ -208,9 +258,21 @@ def print_init(result: InitResult, folder: Path) -> None:
                 f"max {max(errs):.2e}",
                 highlight=False,
             )
+    if alloc:
+        a = result.allocation
+        out.print(
+            f"--rank-alloc {s.rank_alloc}: {a.get('rank_params', 0):,} of {a.get('rank_budget', 0):,} adapter "
+            f"parameters; gain {a.get('rank_gain', 0):.4g} vs {a.get('rank_gain_uniform', 0):.4g} at uniform r={s.rank}"
+            f"; layers at rank 0 (no adapter): {a.get('rank_dropped', 0)}",
+            highlight=False,
+        )
+    if result.base == "original":
+        what = f"adapter only (base: the original, {result.base_model_name_or_path})"
+    else:
+        what = f"residual ({result.residual_dtype}, {len(result.residual_files) - 1} shards)"
     out.print(
-        f"wrote [bold]{folder}[/]: residual ({result.residual_dtype}, {len(result.residual_files) - 1} shards), "
-        f"adapter {folder / result.adapter_dir}, svdtool.json, README.md in {m.timings.get('total', 0):.1f} s",
+        f"wrote [bold]{folder}[/]: {what}, adapter {folder / result.adapter_dir}, svdtool.json, README.md "
+        f"in {m.timings.get('total', 0):.1f} s",
         highlight=False,
     )
     x = s.extra

@@ -9,6 +9,11 @@ Methods with ``needs_gradient`` (LoRA-GA) receive ``gradient=`` (out, in) float3
 taken from ``InitRequest.gradients``: a mapping or a callable keyed by the checkpoint tensor name
 (``model.layers.0.self_attn.q_proj.weight``) that returns the gradient *as the parameter is stored*
 (GPT-2 Conv1D: (in, out)); it is transposed here like the weight.
+
+Methods with ``keeps_base`` (MiCA, orthogonal, LoRA-One) leave W alone: only the targets are read and only the
+adapter is written, with ``base_model_name_or_path`` pointing at the original model; DIR holds no weights.
+``rank_alloc`` other than ``uniform`` gives each layer its own rank under the budget of rank r everywhere
+(:mod:`svdtool.commands.init_alloc`), written as PEFT's ``rank_pattern``/``alpha_pattern``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from svdtool.adapters.safetensors_out import (
 )
 from svdtool.adapters.streaming import HostCopier, Prefetcher, Writers
 from svdtool.commands.common import Progress, SilentProgress, describe_device, manifest, resolve_device, utc_now
+from svdtool.commands.init_alloc import GainContext, allocate, check_rank_alloc, rank_cap
 from svdtool.commands.init_feed import FeedClosed, GradientFeed, HandOver, device_stream
 from svdtool.commands.init_gradients import StoredLayout, lora_ga_gradients, method_extra
 from svdtool.commands.init_layers import (
@@ -48,7 +54,7 @@ from svdtool.commands.init_layers import (
     select_targets,
 )
 from svdtool.errors import SvdtoolError
-from svdtool.loading import Checkpoint, TensorInfo, open_checkpoint
+from svdtool.loading import Checkpoint, TensorInfo, open_checkpoint, parse_model_spec
 from svdtool.methods import InitOptions, MethodSpec, get_method
 from svdtool.results.base import atomic_write_bytes
 from svdtool.results.init import RECONSTRUCTION_TOL, InitResult, InitSettings, LayerInit
@@ -86,6 +92,7 @@ class InitRequest:
     gradient_request: GradientRequest | None = None
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
     command: list[str] = field(default_factory=list)
+    rank_alloc: str = "uniform"  # uniform | energy | coverage | eva: rank is then the mean rank
 
 
 def validate(req: InitRequest) -> MethodSpec:
@@ -111,6 +118,9 @@ def validate(req: InitRequest) -> MethodSpec:
         raise SvdtoolError(f"method {spec.name} needs gradients of the loss (calibration data); none were given")
     if not req.targets:
         raise SvdtoolError("--targets is empty: name module types (q_proj,v_proj) or all-linear")
+    check_rank_alloc(req.rank_alloc, spec)
+    if spec.check is not None:
+        spec.check(InitOptions(rank=req.rank, alpha=float(req.alpha or req.rank), extra=req.extra))
     return spec
 
 
@@ -141,11 +151,28 @@ def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
         for note in layout.notes:
             progress.message(note)
         alpha = float(req.alpha if req.alpha is not None else req.rank)
+        estimate = spec.needs_gradient and req.gradients is None and req.gradient_request is not None
+        # With uniform ranks the init stream can start beside the estimate (_estimate_and_stream); an allocation
+        # needs every gradient first.
+        overlap = estimate and req.rank_alloc == "uniform"
+        if estimate and not overlap:
+            # Only now that the method, rank and targets are known to be valid: the estimate takes minutes.
+            # Under --rank-alloc each G keeps enough triplets for the largest rank a layer may get.
+            assert req.gradient_request is not None
+            gradients, provenance = lora_ga_gradients(
+                req.gradient_request,
+                rank=rank_cap(req.rank, targets, spec.directions),
+                method_options=method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra),
+                progress=progress,
+                make_reducer=spec.reducer,
+            )
+            req = replace(req, gradients=gradients, extra={**req.extra, **provenance})
+        ctx = GainContext(ckpt, req.gradients, device, spec.directions)
+        targets, allocation = allocate(req.rank_alloc, targets, req.rank, ctx, progress)
         extra = method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra)
         opts = InitOptions(rank=req.rank, alpha=alpha, use_rslora=req.use_rslora, extra=extra)
         with staged_folder(req.out, req.overwrite) as tmp:
-            if spec.needs_gradient and req.gradients is None and req.gradient_request is not None:
-                # Only now that the method, rank and targets are known to be valid: the estimate takes minutes.
+            if overlap:
                 prepare = round(time.perf_counter() - t_start, 4)
                 req, (layers, timings, files) = _estimate_and_stream(
                     ckpt, infos, targets, spec, opts, req, device, tmp, progress
@@ -154,10 +181,12 @@ def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
             else:
                 layers, timings, files = _stream(ckpt, infos, targets, spec, opts, req, device, tmp, progress)
             result = _result(req, spec, opts, ckpt, layout, targets, layers, files, device, started)
+            result.allocation = allocation
             result.manifest.timings.update(timings)
-            result.copied_files = copy_aux_files(aux_source(ckpt, req.token), tmp)
+            if not spec.keeps_base:
+                result.copied_files = copy_aux_files(aux_source(ckpt, req.token), tmp)
             result.manifest.timings["total"] = round(time.perf_counter() - t_start, 4)
-            write_folder(result, tmp)
+            write_folder(result, tmp, req.out.name)
     return result
 
 
@@ -202,7 +231,12 @@ def _estimate_and_stream(
     t1 = None
     try:
         gradients, provenance = lora_ga_gradients(
-            req.gradient_request, rank=req.rank, method_options=opts.extra, progress=progress, on_result=feed.put
+            req.gradient_request,
+            rank=req.rank,
+            method_options=opts.extra,
+            progress=progress,
+            make_reducer=spec.reducer,
+            on_result=feed.put,
         )
         feed.put_missing(gradients.inner if isinstance(gradients, StoredLayout) else gradients)
         t1 = time.perf_counter()
@@ -221,15 +255,14 @@ def _estimate_and_stream(
     return replace(req, extra={**req.extra, **provenance}), (layers, timings, files)
 
 
-def _plans(
-    infos: list[TensorInfo], targets: list[Target], rank: int, max_bytes: int
-) -> tuple[list[list[Planned]], list[Planned]]:
+def _plans(infos: list[TensorInfo], targets: list[Target], max_bytes: int) -> tuple[list[list[Planned]], list[Planned]]:
     residual = [Planned(i.name, dtype_code(i.dtype), tuple(i.shape), i.nbytes) for i in infos]
     adapter = []
     for t in targets:
-        adapter.append(Planned(lora_key(t.module, "A"), "F32", (rank, t.in_features), 4 * rank * t.in_features))
-        adapter.append(Planned(lora_key(t.module, "B"), "F32", (t.out_features, rank), 4 * rank * t.out_features))
-    return plan_shards(residual, max_bytes), adapter
+        r = t.rank
+        adapter.append(Planned(lora_key(t.module, "A"), "F32", (r, t.in_features), 4 * r * t.in_features))
+        adapter.append(Planned(lora_key(t.module, "B"), "F32", (t.out_features, r), 4 * r * t.out_features))
+    return plan_shards(residual, max_bytes) if infos else [], adapter
 
 
 def _stream(
@@ -245,23 +278,31 @@ def _stream(
     read_order: list[TensorInfo] | None = None,
 ) -> tuple[list[LayerInit], dict[str, float], list[str]]:
     """Read every tensor once (in ``read_order``, default the checkpoint's), initialise the targets, write the
-    residual and the adapter as it goes; the files keep the checkpoint's order whatever the reading order."""
+    residual and the adapter as it goes; the files keep the checkpoint's order whatever the reading order.
+
+    With ``keeps_base`` only the targets are read and only the adapter is written (no residual, no index).
+    """
     import torch
 
     by_name = {t.info.name: t for t in targets}
-    shards, adapter_plan = _plans(infos, targets, opts.rank, req.max_shard_bytes)
-    names = shard_names(len(shards))
+    order = read_order or infos
+    if spec.keeps_base:
+        infos = [i for i in infos if i.name in by_name]
+        order = [i for i in order if i.name in by_name]
+    shards, adapter_plan = _plans([] if spec.keeps_base else infos, targets, req.max_shard_bytes)
+    names = shard_names(len(shards)) if shards else []
     adapter_dir = tmp / adapter_dirname(spec.name)
     adapter_dir.mkdir()
-    residual = ShardSet(tmp, shards, names)
+    residual = ShardSet(tmp, shards, names) if shards else None
     adapter = ShardSet(adapter_dir, [adapter_plan], [ADAPTER_WEIGHTS])
     writers = Writers()
     biggest = max(t.info.nbytes for t in targets)
     copier = HostCopier(device, biggest) if device.type == "cuda" else None
-    reader = Prefetcher(ckpt, read_order or infos, lambda i: device if i.name in by_name else None)
+    reader = Prefetcher(ckpt, order, lambda i: device if i.name in by_name else None)
     layers: list[LayerInit] = []
     read_s = math_s = 0.0
     progress.start(f"{spec.name} r={opts.rank}", len(infos), sum(i.nbytes for i in infos))
+    sets = [x for x in (residual, adapter) if x is not None]
     # float32 products (randomized SVD) must not silently run in TF32.
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -271,6 +312,7 @@ def _stream(
             read_s += seconds
             t = by_name.get(info.name)
             if t is None:
+                assert residual is not None  # keeps_base streams the targets only
                 writers.submit(residual.write, info.name, tensor)
             else:
                 # The lookup may wait for the estimate (LoRA-GA's overlapped stream): not under the lock.
@@ -280,10 +322,12 @@ def _stream(
                     if grad is not None:
                         grad = gradient_for(grad, t, device)
                     record, a, b, stored = init_layer(t, tensor, spec, opts, grad)
-                    fetch = copier.copy(stored) if copier is not None else None
+                    fetch = copier.copy(stored) if copier is not None and residual is not None else None
                     a_host, b_host = a.cpu(), b.cpu()
                 layers.append(record)
-                if fetch is not None:
+                if residual is None:
+                    pass  # the base is untouched: W_res is W and is not written
+                elif fetch is not None:
                     writers.submit(_write_fetched, residual, info.name, fetch)
                 else:
                     writers.submit(residual.write, info.name, stored)
@@ -296,10 +340,11 @@ def _stream(
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
         reader.close()
         progress.finish()
-        _close(writers, residual, adapter, raise_errors=ok)
+        _close(writers, *sets, raise_errors=ok)
     position = {t.info.name: k for k, t in enumerate(targets)}
     layers.sort(key=lambda x: position[x.name])  # checkpoint order, whatever the reading order
-    atomic_write_bytes(tmp / INDEX_NAME, (json.dumps(residual.index(), indent=2) + "\n").encode())
+    if residual is not None:
+        atomic_write_bytes(tmp / INDEX_NAME, (json.dumps(residual.index(), indent=2) + "\n").encode())
     timings = {"read": round(read_s, 4), "math": round(math_s, 4), "write": round(writers.seconds, 4)}
     return layers, timings, names
 
@@ -341,6 +386,7 @@ def _result(
     started: str,
 ) -> InitResult:
     chosen = [t.module for t in targets]
+    alloc = req.rank_alloc != "uniform"
     dtypes = Counter(t.info.dtype for t in targets)
     residual_dtype = dtypes.most_common(1)[0][0]
     tol = max(RECONSTRUCTION_TOL.get(d, 1e-2) for d in dtypes)
@@ -361,6 +407,9 @@ def _result(
         seed=req.seed,
         device=req.device,
         extra={k: v for k, v in req.extra.items() if isinstance(v, (int, float, str, bool)) or v is None},
+        rank_alloc=req.rank_alloc,
+        rank_pattern={x.module: int(x.rank or opts.rank) for x in layers} if alloc else {},
+        alpha_pattern={x.module: float(x.alpha or opts.alpha) for x in layers} if alloc else {},
     )
     if req.svd == "randomized":
         from svdtool.methods.pissa import NITER, OVERSAMPLE
@@ -388,14 +437,26 @@ def _result(
         paper=spec.paper,
         frozen=list(spec.frozen),
         adapter_dir=adapter_dirname(spec.name),
-        base_model_name_or_path=str(req.out.expanduser().resolve()),
+        base_model_name_or_path=_original_ref(req, ckpt) if spec.keeps_base else str(req.out.expanduser().resolve()),
         model_class=layout.model_class,
         task_type=layout.task_type,
         residual_dtype=residual_dtype,
-        residual_files=[*files, INDEX_NAME],
+        residual_files=[*files, INDEX_NAME] if files else [],
         copied_files=[],
         layers=layers,
         reconstruction_tol=tol,
         max_reconstruction_error=max((x.reconstruction_error for x in layers), default=0.0),
         notes=notes,
+        base="original" if spec.keeps_base else "residual",
+        changes_output=spec.changes_output,
+        init_lora_weights=spec.init_lora_weights,
     )
+
+
+def _original_ref(req: InitRequest, ckpt: Checkpoint) -> str:
+    """What a trainer passes to ``from_pretrained`` for the original: its absolute folder, or its repo id."""
+    if ckpt.meta.kind in ("folder", "file"):
+        path = Path(req.model).expanduser().resolve()
+        return str(path if path.is_dir() else path.parent)
+    parsed = parse_model_spec(req.model, req.revision)
+    return parsed[0] if parsed else req.model

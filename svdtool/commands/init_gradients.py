@@ -49,10 +49,12 @@ def lora_ga_gradients(
     rank: int,
     method_options: dict[str, Any],
     progress: Progress | None = None,
+    make_reducer: Callable[[int, dict[str, Any]], Callable[[str, Any], Any]] | None = None,
     on_result: Callable[[str, Any], None] | None = None,
 ) -> tuple[Mapping[str, Any], dict[str, Any]]:
     """(gradient source for ``InitRequest.gradients``, provenance scalars for ``svdtool.json``).
 
+    ``make_reducer(rank, options)`` is the method's ``MethodSpec.reducer`` (default: LoRA-GA's top-2r triplets).
     ``on_result(name, value)`` gets each gradient (or its top factors) in (out, in) layout as soon as it is
     finished, while later passes still run.
     """
@@ -63,7 +65,7 @@ def lora_ga_gradients(
         req.sketch_rank = max(req.sketch_rank, 2 * rank)
     # PEFT's "random" split reuses the permutation drawn right after its own svd_lowrank call: keep G whole.
     replay = method_options.get("convention") == "peft" and method_options.get("direction") == "random"
-    reduce = None if replay else reducer(rank, method_options)
+    reduce = None if replay else (make_reducer or reducer)(rank, method_options)
     est = estimate_gradients(req, progress, reduce, on_result)
     return StoredLayout(est.provider(), set(est.info.transposed)), provenance(est)
 

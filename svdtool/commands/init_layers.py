@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from svdtool import naming
@@ -28,6 +28,7 @@ class Target:
     transposed: bool  # stored (in, out): GPT-2 Conv1D
     out_features: int
     in_features: int
+    rank: int  # this layer's adapter rank (--rank, or what --rank-alloc gave it)
 
 
 def select_targets(layout: lay.ModelLayout, infos: list[TensorInfo], tokens: list[str], rank: int) -> list[Target]:
@@ -77,7 +78,7 @@ def select_targets(layout: lay.ModelLayout, infos: list[TensorInfo], tokens: lis
             raise SvdtoolError(
                 f"--rank {rank} is larger than min(out, in) = {min(o, i)} of {info.name} {list(info.shape)}"
             )
-        out.append(Target(info, w.module, transposed, o, i))
+        out.append(Target(info, w.module, transposed, o, i, rank))
     return out
 
 
@@ -109,20 +110,34 @@ def gradient_for(g: Any, t: Target, device: torch.device) -> torch.Tensor:
     return g.contiguous()
 
 
+def layer_options(opts: InitOptions, rank: int) -> InitOptions:
+    """``opts`` at another rank with the same scaling s: α_l = s·r_l (s·√r_l with rsLoRA), as PEFT's alpha_pattern."""
+    if rank == opts.rank:
+        return opts
+    alpha = opts.scaling * (rank**0.5 if opts.use_rslora else rank)
+    return replace(opts, rank=rank, alpha=alpha)
+
+
 def init_layer(
     t: Target, w: torch.Tensor, spec: MethodSpec, opts: InitOptions, gradient: torch.Tensor | None
 ) -> tuple[LayerInit, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the method on one stored weight: (record, A (r,in) fp32, B (out,r) fp32, W_res as stored)."""
+    """Run the method on one stored weight: (record, A (r,in) fp32, B (out,r) fp32, W_res as stored).
+
+    ``opts`` holds the mean rank; the layer runs at its own ``t.rank``. For ``keeps_base`` methods the returned
+    W_res is W itself (not written); the recorded error is then ‖s·B·A‖/‖W‖, the distance of the start from W,
+    except for ``changes_output`` methods (LoRA-One), whose start is W + s·B·A by design.
+    """
     import torch
 
     t0 = time.perf_counter()
+    opts = layer_options(opts, t.rank)
     w64 = w.to(torch.float64)
     if t.transposed:
         w64 = w64.T.contiguous()  # (out, in)
     if spec.needs_gradient:  # the layout and dtype as stored (LoRA-GA's PEFT convention reproduces PEFT's use of them)
-        res = spec.fn(w64, opts, gradient=gradient, transposed=t.transposed, source_dtype=w.dtype)
+        res = spec.fn(w64, opts, gradient=gradient, transposed=t.transposed, source_dtype=w.dtype, name=t.info.name)
     else:
-        res = spec.fn(w64, opts)
+        res = spec.fn(w64, opts, name=t.info.name)
     a, b = res.lora_A.to(torch.float32).contiguous(), res.lora_B.to(torch.float32).contiguous()
     r = opts.rank
     if a.shape != (r, t.in_features) or b.shape != (t.out_features, r) or res.residual.shape != w64.shape:
@@ -130,7 +145,8 @@ def init_layer(
     stored = res.residual.to(w.dtype)  # one rounding, float64 -> source dtype
     a64, b64 = a.double(), b.double()
     s = opts.scaling
-    recon = torch.addmm(stored.double(), b64, a64, alpha=s).sub_(w64).norm()
+    start = torch.addmm(w64, b64, a64, alpha=s) if spec.changes_output else w64  # the model training starts from
+    recon = torch.addmm(stored.double(), b64, a64, alpha=s).sub_(start).norm()
     w_norm = w64.norm()
     energy = s * s * ((b64.T @ b64) * (a64 @ a64.T)).sum() / w_norm.square()
     stored = stored.T if t.transposed else stored
@@ -150,6 +166,8 @@ def init_layer(
         reconstruction_error=float((recon / w_norm).item()) if float(w_norm.item()) > 0 else 0.0,
         topr_error=meta.pop("topr_error", None),
         seconds=time.perf_counter() - t0,
+        rank=r,
+        alpha=opts.alpha,
         extra={k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool)) or v is None},
     )
     return record, a, b, stored.contiguous()

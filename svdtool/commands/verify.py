@@ -9,6 +9,12 @@
 
 Tolerances depend on the residual's dtype (:data:`svdtool.results.init.RECONSTRUCTION_TOL`,
 :data:`svdtool.results.init.LOGITS_TOL`).
+
+A folder whose method keeps the base (``base: "original"``: MiCA, orthogonal, LoRA-One) holds no residual. Its
+adapter is checked on the original: per layer ‖s·B·A‖_F/‖W‖_F must be 0 to rounding, or, when the init is meant
+to change the output (LoRA-One), equal the value recorded at init; the outputs of
+``PeftModel.from_pretrained(original, adapter)`` are compared with the original model, into which svdtool itself
+has added s·B·A in the second case (a check of PEFT's key names, scaling, transposition and rank patterns).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svdtool.adapters.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_key
+from svdtool.adapters.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_key, scaling_of
 from svdtool.commands.common import Progress, SilentProgress, resolve_device, versions
 from svdtool.errors import SvdtoolError
 from svdtool.loading import Checkpoint, open_checkpoint
@@ -77,29 +83,38 @@ def _adapter(folder: Path, init: InitResult) -> tuple[dict[str, Any], Path]:
     return config, adir
 
 
-def scaling_of(config: dict[str, Any]) -> float:
-    r, alpha = int(config["r"]), float(config["lora_alpha"])
-    return alpha / (r**0.5 if config.get("use_rslora") else r)
+def adapter_error(w: torch.Tensor, delta: torch.Tensor, recorded_share: float, changes_output: bool) -> float:
+    """Base kept: ‖s·B·A‖/‖W‖ (0 to rounding), or its relative change from init's record (LoRA-One)."""
+    norm = float(w.norm().item())
+    size = float(delta.norm().item()) / norm if norm else 0.0
+    if not changes_output:
+        return size
+    expected = recorded_share**0.5
+    return abs(size - expected) / expected if expected else size
 
 
 def check_tensors(
     init: InitResult,
     orig: Checkpoint,
-    residual: Checkpoint,
+    residual: Checkpoint | None,
     adir: Path,
-    s: float,
+    config: dict[str, Any],
     device: torch.device,
     progress: Progress,
 ) -> tuple[list[VerifyLayer], int, list[str], list[str]]:
-    """Per-layer reconstruction errors, and the bit-for-bit check of every other tensor."""
+    """Per-layer reconstruction errors, and the bit-for-bit check of every other tensor.
+
+    ``residual`` None: the base is the original (nothing to compare bit for bit; see the module docstring).
+    """
     import torch
     from safetensors import safe_open
 
-    res_infos = {i.name: i for i in residual.tensors()}
+    kept = residual is None
+    res_infos = {i.name: i for i in (orig if residual is None else residual).tensors()}
     targets = {x.name: x for x in init.layers}
     layers, mismatched, missing = [], [], []
     checked = 0
-    infos = orig.tensors()
+    infos = [i for i in orig.tensors() if i.name in targets] if kept else orig.tensors()
     progress.start("verify tensors", len(infos), sum(i.nbytes for i in infos))
     with safe_open(str(adir / ADAPTER_WEIGHTS), framework="pt") as adapter:
         keys = set(adapter.keys())
@@ -113,17 +128,22 @@ def check_tensors(
                 if ka not in keys or kb not in keys:
                     missing.append(ka if ka not in keys else kb)
                 else:
+                    s = scaling_of(config, x.module)
                     w = orig.read(info).to(device=device, dtype=torch.float64)
-                    w_res = residual.read(mine).to(device=device, dtype=torch.float64)
-                    if x.transposed:
-                        w, w_res = w.T, w_res.T
                     a = adapter.get_tensor(ka).to(device=device, dtype=torch.float64)
                     b = adapter.get_tensor(kb).to(device=device, dtype=torch.float64)
-                    norm = float(w.norm().item())
-                    err = float(torch.addmm(w_res, b, a, alpha=s).sub_(w).norm().item()) / norm if norm else 0.0
-                    tol = RECONSTRUCTION_TOL.get(mine.dtype, 1e-2)
+                    w = w.T if x.transposed else w
+                    if residual is None:
+                        err = adapter_error(w, s * (b @ a), x.energy_share, init.changes_output)
+                        tol = RECONSTRUCTION_TOL["fp32"]  # the adapter is float32; W is not rounded
+                    else:
+                        w_res = residual.read(mine).to(device=device, dtype=torch.float64)
+                        w_res = w_res.T if x.transposed else w_res
+                        norm = float(w.norm().item())
+                        err = float(torch.addmm(w_res, b, a, alpha=s).sub_(w).norm().item()) / norm if norm else 0.0
+                        tol = RECONSTRUCTION_TOL.get(mine.dtype, 1e-2)
                     layers.append(VerifyLayer(info.name, x.module, err, tol, err <= tol))
-            else:
+            elif residual is not None:
                 checked += 1
                 a_raw, b_raw = orig.read(info), residual.read(mine)
                 same = a_raw.dtype == b_raw.dtype and a_raw.shape == b_raw.shape
@@ -155,8 +175,15 @@ def run_verify(req: VerifyRequest, progress: Progress | None = None) -> VerifyRe
     notes = []
     if abs(s - init.settings.scaling) > 1e-12 * max(1.0, s):
         notes.append(f"adapter_config.json gives s = {s:g}, svdtool.json recorded {init.settings.scaling:g}")
-    with open_checkpoint(original, revision=revision, token=req.token) as orig, open_checkpoint(str(folder)) as res:
-        layers, checked, mismatched, missing = check_tensors(init, orig, res, adir, s, device, progress)
+    if init.base == "original":
+        notes.append(f"the base is the original model (the method leaves it untouched): {original}")
+    with open_checkpoint(original, revision=revision, token=req.token) as orig:
+        res = None if init.base == "original" else open_checkpoint(str(folder))
+        try:
+            layers, checked, mismatched, missing = check_tensors(init, orig, res, adir, config, device, progress)
+        finally:
+            if res is not None:
+                res.close()
         orig_config = orig.meta.config
     logits = None
     if req.logits:
@@ -183,4 +210,6 @@ def run_verify(req: VerifyRequest, progress: Progress | None = None) -> VerifyRe
         versions=versions("transformers", "peft"),
         seconds=round(time.perf_counter() - t0, 3),
         notes=notes + ([] if layers else ["no initialised layer was found to check"]),
+        base=init.base,
+        changes_output=init.changes_output,
     )

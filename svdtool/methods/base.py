@@ -7,7 +7,13 @@ or float64, plus the options it needs (rank, scaling, a gradient for LoRA-GA …
 PEFT convention: ``lora_A`` is (r, in), ``lora_B`` is (out, r), and the layer computes
 ``W_res x + s·B A x`` with s = α/r (or α/√r with rsLoRA). Every method returns A, B and
 W_res = W − s·B·A, the residual computed from the *exact returned factors*, so that
-W_res + s·B·A reproduces W up to rounding of the subtraction.
+W_res + s·B·A reproduces W up to rounding of the subtraction. Methods with ``keeps_base`` (MiCA,
+orthogonal, LoRA-One) leave W alone and return it unchanged as ``residual``: only their adapter is
+written, on the original model.
+
+Keyword arguments a method may receive (and must otherwise ignore through ``**_``): ``name`` (the
+checkpoint tensor name, e.g. for a per-layer seed), and for ``needs_gradient`` methods ``gradient``,
+``transposed`` and ``source_dtype``.
 """
 
 from __future__ import annotations
@@ -58,3 +64,19 @@ class MethodSpec:
     paper: str
     needs_gradient: bool = False
     frozen: tuple[str, ...] = ()  # adapter parameters that must stay frozen in training, e.g. ("lora_A",)
+    # The base is left untouched: only the adapter is written, with base_model_name_or_path = the original.
+    keeps_base: bool = False
+    # With keeps_base: the adapter's s·B·A ≠ 0 at init (LoRA-One's one gradient step), so the starting
+    # model is W + s·B·A, not W.
+    changes_output: bool = False
+    # What adapter_config.json says: True (load A and B as saved), or a PEFT init name that must run (MiCA's
+    # "mica" makes PEFT ≥ 0.20 wrap the layer in its variant, which keeps lora_B frozen).
+    init_lora_weights: bool | str = True
+    # Checks on the options that need no checkpoint (raise SvdtoolError), e.g. orthogonal's even rank.
+    check: Callable[[InitOptions], None] | None = None
+    # needs_gradient: reducer(rank, extra) -> reduce(name, G), run on each G while it is on the device.
+    reducer: Callable[[int, dict[str, Any]], Callable[[str, Any], Any]] | None = None
+    # --rank-alloc statistic this method's ranks can be allocated by: "energy" (σ(W)²), "coverage" (σ(G)²),
+    # "eva" (explained variance), or None (uniform only). directions: singular directions one rank adds (LoRA-GA: 2).
+    rank_gain: str | None = None
+    directions: int = 1

@@ -229,5 +229,8 @@ SPEC = register(
         "both × d_out^¼/√γ), so the first LoRA steps follow full fine-tuning; W_res = W − s·B·A",
         paper="Wang, Yu, Li. LoRA-GA: Low-Rank Adaptation with Gradient Approximation. NeurIPS 2024, arXiv 2407.05000",
         needs_gradient=True,
+        reducer=reducer,
+        rank_gain="coverage",
+        directions=2,
     )
 )

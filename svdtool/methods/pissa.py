@@ -92,5 +92,6 @@ SPEC = register(
         summary="top-r singular components in the adapter (A = √(S_r/s)·V_rᵀ, B = U_r·√(S_r/s)), the rest in the base",
         paper="Meng, Wang, Zhang. PiSSA: Principal Singular Values and Singular Vectors Adaptation. "
         "NeurIPS 2024, arXiv 2404.02948",
+        rank_gain="energy",
     )
 )

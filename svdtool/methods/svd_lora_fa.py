@@ -51,5 +51,6 @@ SPEC = register(
         paper="Zhang et al. LoRA-FA: Memory-efficient Low-rank Adaptation for Large Language Models Fine-tuning. "
         "arXiv 2308.03303 (A frozen); SVD init as in shredder67/svd-lorafa, corrected",
         frozen=("lora_A",),
+        rank_gain="energy",
     )
 )

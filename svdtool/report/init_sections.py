@@ -20,9 +20,26 @@ def _settings(result: InitResult) -> str:
         f"Rank r = {s.rank}, α = {s.alpha:g}, scaling s = {s.scaling:g}"
         + (" (rsLoRA: α/√r)" if s.use_rslora else " (α/r)")
         + f"; target modules: {', '.join(s.target_modules)}; SVD: {svd}; seed {s.seed}. "
-        f"The adapter is in {result.adapter_dir}/ and the residual base weights W_res are stored in "
-        f"{result.residual_dtype}."
     )
+    if result.base == "original":
+        text_ += (
+            f"The adapter is in {result.adapter_dir}/ and belongs on the original model "
+            f"({result.base_model_name_or_path}), which the method leaves untouched."
+        )
+    else:
+        text_ += (
+            f"The adapter is in {result.adapter_dir}/ and the residual base weights W_res are stored in "
+            f"{result.residual_dtype}."
+        )
+    if s.rank_alloc != "uniform":
+        a = result.allocation
+        text_ += (
+            f" Ranks are allocated by {s.rank_alloc} (greedy marginal gain per parameter, at most "
+            f"{a.get('rank_cap')} per layer) within the budget of r = {s.rank} everywhere: "
+            f"{a.get('rank_params', 0):,} of {a.get('rank_budget', 0):,} parameters, gain "
+            f"{a.get('rank_gain', 0):.4g} against {a.get('rank_gain_uniform', 0):.4g} at uniform rank; "
+            f"layers with no adapter (rank 0): {a.get('rank_dropped', 0)}."
+        )
     if result.frozen:
         text_ += f" Keep {', '.join(result.frozen)} frozen while training."
     return text_
@@ -31,11 +48,16 @@ def _settings(result: InitResult) -> str:
 def init_sections(result: InitResult) -> list[Section]:
     s = result.settings
     ok = result.max_reconstruction_error <= result.reconstruction_tol
+    what, headline = "‖W − (W_res + s·B·A)‖_F / ‖W‖_F", "W_res + s·B·A reproduces W"
+    if result.base == "original" and not result.changes_output:
+        what, headline = "‖s·B·A‖_F / ‖W‖_F (base untouched)", "s·B·A = 0: training starts from the original"
+    elif result.base == "original":
+        headline = "The original base is untouched; the adapter starts one gradient step away"
     callout = Callout(
         status="pass" if ok else "fail",
-        label="W_res + s·B·A reproduces W" if ok else "Reconstruction error above tolerance",
+        label=headline if ok else "Reconstruction error above tolerance",
         text=(
-            f"Largest relative error ‖W − (W_res + s·B·A)‖_F / ‖W‖_F over {len(result.layers)} layers: "
+            f"Largest relative error {what} over {len(result.layers)} layers: "
             f"{fmt(result.max_reconstruction_error, 'error')} "
             f"({'within' if ok else 'above'} the {result.residual_dtype} tolerance "
             f"{fmt(result.reconstruction_tol, 'error')})."
@@ -60,6 +82,17 @@ def init_sections(result: InitResult) -> list[Section]:
             what="the share of each weight's squared Frobenius norm held by the adapter",
         ),
     ]
+    if s.rank_alloc != "uniform":
+        figures.append(
+            layer_lines(
+                result.layers,
+                lambda x: x.rank,
+                id="init-ranks",
+                title=f"Allocated rank per layer ({s.rank_alloc})",
+                ylabel="rank",
+                limit=(float(s.rank), f"mean rank {s.rank}"),
+            )
+        )
     if any(x.topr_error is not None for x in result.layers):
         figures.append(
             layer_lines(
@@ -82,12 +115,12 @@ def init_sections(result: InitResult) -> list[Section]:
         result.layers,
         "name",
         [
+            *([("rank", "this layer's adapter rank", "int:rank")] if s.rank_alloc != "uniform" else []),
             ("energy", "‖s·B·A‖²_F / ‖W‖²_F", "fraction:energy_share"),
             ("recon. error", "‖W − (W_res + s·B·A)‖_F / ‖W‖_F", "error:reconstruction_error"),
             ("top-r error", "randomized SVD only: error against the exact top r", "error:topr_error"),
             ("residual", "certified maxᵢ ‖W vᵢ − σᵢ uᵢ‖/σ₁", "error:certified_residual"),
-            ("σ₁", "largest singular value held by the adapter", "sigma:sigma.0"),
-            ("σ_r", "smallest singular value held by the adapter", f"sigma:sigma.{s.rank - 1}"),
+            *(_sigma_columns(result) if all(x.sigma for x in result.layers) else []),
         ],
         label=label,
         label_columns=("name", "type", "layer", "shape", "algorithm"),
@@ -105,10 +138,19 @@ def init_sections(result: InitResult) -> list[Section]:
     ]
 
 
+def _sigma_columns(result: InitResult) -> list[tuple[str, str | None, str]]:
+    """σ₁ and σ_r of the layers' records (OLoRA and orthogonal have none; under --rank-alloc r varies)."""
+    last = "-1" if result.settings.rank_alloc != "uniform" else str(result.settings.rank - 1)
+    return [
+        ("σ₁", "largest singular value held by the adapter", "sigma:sigma.0"),
+        ("σ_r", "smallest singular value held by the adapter", f"sigma:sigma.{last}"),
+    ]
+
+
 def init_facts(result: InitResult) -> list[tuple[str, str]]:
     m, s = result.manifest, result.settings
     params = sum(math.prod(x.shape) for x in result.layers)
-    adapter = sum(s.rank * sum(x.shape) for x in result.layers)
+    adapter = sum((x.rank or s.rank) * sum(x.shape) for x in result.layers)
     return [
         ("model", m.model),
         ("revision", m.revision or "—"),
@@ -116,7 +158,11 @@ def init_facts(result: InitResult) -> list[tuple[str, str]]:
         ("source", m.source_kind),
         ("dtype", result.residual_dtype),
         ("parameters", f"{params:,} in {len(result.layers)} target matrices; adapter {adapter:,}"),
-        ("method", f"{s.method}, r = {s.rank}"),
+        (
+            "method",
+            f"{s.method}, r = {s.rank}"
+            + (f" (mean; --rank-alloc {s.rank_alloc})" if s.rank_alloc != "uniform" else ""),
+        ),
         ("computed on", m.device),
         ("run time", f"{m.timings.get('total', 0.0):.1f} s"),
     ]

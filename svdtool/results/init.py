@@ -34,6 +34,8 @@ class LayerInit:
     reconstruction_error: float  # ‖W − (W_res + s·B·A)‖_F / ‖W‖_F with W_res as stored
     topr_error: float | None = None  # randomized only: ‖s·B·A − U_r S_r V_rᵀ‖_F / ‖U_r S_r V_rᵀ‖_F
     seconds: float = 0.0
+    rank: int | None = None  # this layer's rank (differs from settings.rank under --rank-alloc)
+    alpha: float | None = None  # this layer's α (α·r_l/r keeps s the same)
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific values
 
 
@@ -52,6 +54,9 @@ class InitSettings:
     seed: int
     device: str
     extra: dict[str, Any] = field(default_factory=dict)
+    rank_alloc: str = "uniform"  # uniform | energy | coverage | eva (settings.rank is then the mean)
+    rank_pattern: dict[str, int] = field(default_factory=dict)  # module path -> rank, as in adapter_config.json
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +77,12 @@ class InitResult:
     reconstruction_tol: float
     max_reconstruction_error: float
     notes: list[str] = field(default_factory=list)
+    # "residual": DIR holds W_res and the adapter belongs on it; "original": only the adapter is written and it
+    # belongs on the original model (base_model_name_or_path), which the method left untouched.
+    base: str = "residual"
+    changes_output: bool = False  # base "original" with s·B·A ≠ 0 at init (LoRA-One): the start is W + s·B·A
+    init_lora_weights: bool | str = True  # as written to adapter_config.json
+    allocation: dict[str, Any] = field(default_factory=dict)  # --rank-alloc budget, gains (see allocation.py)
 
     JSON = "svdtool.json"
 
@@ -112,3 +123,5 @@ class VerifyResult:
     versions: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    base: str = "residual"  # as InitResult.base: "original" has no residual to compare
+    changes_output: bool = False
