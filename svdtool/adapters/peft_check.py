@@ -74,7 +74,10 @@ def check_outputs(
     prompts: list[str],
     device: torch.device,
 ) -> tuple[LogitsCheck | None, str | None]:
-    """Outputs of residual + adapter vs the original, float32. (None, why) when the original cannot be loaded."""
+    """Outputs of residual + adapter vs the original, float32. (None, why) when the original cannot be loaded.
+
+    With a quantised base, both the residual and a plain-NF4 copy of the original get their target weights
+    replaced by the simulated 4-bit load, and the tolerance is the plain copy's error."""
     import torch
     from peft import PeftModel
 
@@ -92,8 +95,15 @@ def check_outputs(
         kwargs["token"] = token
     base = cls.from_pretrained(where[0], **kwargs).to(device).eval()
     ref = _run(base, ids, causal, device)
+    tol = LOGITS_TOL.get(init.residual_dtype, max(LOGITS_TOL.values()))
+    if init.quantization:  # quantisation-aware: no worse than plain NF4 of the original on the same targets
+        _fake_quantize_targets(base, init)
+        plain = _run(base, ids, causal, device)
+        tol = float(((plain - ref).norm() / ref.norm()).item()) if float(ref.norm().item()) > 0 else 0.0
     del base
     residual = cls.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+    if init.quantization:
+        _fake_quantize_targets(residual, init)
     with warnings.catch_warnings():  # PEFT's own deprecation chatter about transformers internals
         warnings.simplefilter("ignore", FutureWarning)
         model = PeftModel.from_pretrained(residual, str(adapter_dir)).eval()
@@ -102,7 +112,6 @@ def check_outputs(
     diff = got - ref
     rel = float((diff.norm() / ref.norm()).item()) if float(ref.norm().item()) > 0 else float(diff.norm().item())
     top1 = float((got.argmax(-1) == ref.argmax(-1)).double().mean().item()) if causal else None
-    tol = LOGITS_TOL.get(init.residual_dtype, max(LOGITS_TOL.values()))
     check = LogitsCheck(
         output="logits" if causal else "last_hidden_state",
         prompts=shown,
@@ -114,3 +123,22 @@ def check_outputs(
         ok=rel <= tol,
     )
     return check, None
+
+
+def _fake_quantize_targets(model: Any, init: InitResult) -> None:
+    """Replace each target weight of a float32 model by what a 4-bit NF4 load of it in the recorded load dtype
+    computes with (:mod:`svdtool.quant.nf4`), in place. float32 holds the bf16/fp16 values exactly."""
+    import torch
+
+    from svdtool.methods.quantized import config_of
+    from svdtool.quant import nf4
+    from svdtool.quant.load_config import TORCH_DTYPES
+
+    q = init.quantization or {}
+    dtype, config = getattr(torch, TORCH_DTYPES[q["load_dtype"]]), config_of(q)
+    with torch.no_grad():
+        for x in init.layers:
+            weight = model.get_submodule(x.module).weight
+            w = weight.T if x.transposed else weight  # (out, in), as transformers quantises it
+            deq = nf4.fake_quantize(w.to(dtype).contiguous(), config).to(weight.dtype)
+            weight.copy_(deq.T if x.transposed else deq)

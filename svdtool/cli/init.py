@@ -41,7 +41,9 @@ from svdtool.cli.options import (
 if TYPE_CHECKING:
     from svdtool.results.init import InitResult
 
-MethodOpt = Annotated[str, typer.Option("--method", help="pissa | milora | svd-lora-fa | lora-ga.", show_default=False)]
+MethodOpt = Annotated[
+    str, typer.Option("--method", help="pissa | milora | svd-lora-fa | lora-ga | loftq | qpissa.", show_default=False)
+]
 RankOpt = Annotated[int, typer.Option("--rank", "-r", help="Adapter rank r.", show_default=False)]
 InitOutOpt = Annotated[
     Path, typer.Option("--out", help="Output folder: the residual model, plus the adapter in <method>_init/.")
@@ -75,6 +77,36 @@ NiterOpt = Annotated[
     typer.Option("--niter", help="--svd randomized: products with WᵀW, as svd_lowrank's niter (default 24)."),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace DIR if it exists and is not empty.")]
+# LoftQ / QPiSSA only (see docs/init.md)
+QuantOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quant",
+        help="loftq, qpissa: the 4-bit type the trainer loads the residual with; nf4 only (default), fp4 is refused.",
+        show_default=False,
+    ),
+]
+DoubleQuantOpt = Annotated[
+    bool,
+    typer.Option("--double-quant", help="loftq, qpissa: the trainer loads with bnb_4bit_use_double_quant=True."),
+]
+QuantBackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quant-backend",
+        help="loftq, qpissa: where the trainer quantises: cuda (GPU trainers; default) | cpu (bitsandbytes' CPU path, "
+        "whose double quantisation rounds a few scales differently).",
+        show_default=False,
+    ),
+]
+QuantItersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--quant-iters",
+        help="loftq, qpissa: quantise/fit alternations (default 5; PEFT's loftq_iter defaults to 1).",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -115,11 +147,17 @@ def init(
     direction: DirectionOpt = "ArB2r",
     gamma: GammaOpt = 16.0,
     convention: ConventionOpt = "reference",
+    quant: QuantOpt = None,
+    double_quant: DoubleQuantOpt = False,
+    quant_iters: QuantItersOpt = None,
+    quant_backend: QuantBackendOpt = None,
 ) -> None:
-    """SVD-initialised LoRA adapter (PiSSA, MiLoRA, SVD-LoRA-FA, LoRA-GA) plus the exact residual base, for PEFT.
+    """SVD-initialised LoRA adapter (PiSSA, MiLoRA, SVD-LoRA-FA, LoRA-GA, LoftQ, QPiSSA) plus its residual base.
 
     The residual model W − s·B·A goes to DIR (same config, dtype and tokenizer as the source), the adapter to
-    DIR/<method>_init/. Load the adapter on DIR, never on the original model.
+    DIR/<method>_init/. Load the adapter on DIR, never on the original model. LoftQ and QPiSSA fit the adapter to
+    the residual as the trainer's 4-bit NF4 load will quantise it (bit-exact with bitsandbytes): load DIR with the
+    BitsAndBytesConfig that DIR/README.md gives.
 
     \b
     Examples:
@@ -128,17 +166,25 @@ def init(
       svdtool init ./my-model --method svd-lora-fa -r 8 --alpha 16 --out fa
       svdtool init ./my-model --method pissa -r 16 --svd randomized --niter 8 --seed 1 --out fast
       svdtool init ./my-model --method lora-ga -r 8 --alpha 16 --calib metamathqa --out ga
+      svdtool init ./my-model --method qpissa --quant nf4 --double-quant --quant-iters 5 -r 64 --out qp
+      svdtool init ./my-model --method loftq --quant nf4 -r 64 --alpha 16 --out lq
     """
     from svdtool import naming
     from svdtool.commands.init import InitRequest, run_init
 
     svd = svd or ("randomized" if method == "lora-ga" else "exact")
-    extra: dict = {}
+    extra: dict = {
+        "quant": quant,
+        "double_quant": double_quant,
+        "quant_iters": quant_iters,
+        "quant_backend": quant_backend,
+    }
+    extra = {k: v for k, v in extra.items() if v is not None and v is not False}
     grad_req = None
     if method == "lora-ga":
         from svdtool.cli.gradient_args import gradient_request
 
-        extra = {"direction": direction, "gamma": gamma, "convention": convention}
+        extra |= {"direction": direction, "gamma": gamma, "convention": convention}
         grad_req = gradient_request(
             model, calib=calib, samples=samples, max_length=max_length, batch_size=batch_size, seed=seed,
             prompt_field=prompt_field, response_field=response_field, text_field=text_field,
@@ -183,13 +229,18 @@ def print_init(result: InitResult, folder: Path) -> None:
     s = result.settings
     m = result.manifest
     t = Table(title=f"{s.method} r={s.rank} α={s.alpha:g} s={s.scaling:.4g} on {m.model}", title_justify="left")
-    for col in ("type", "n", "shape", "algorithm", "energy share", "max ‖W−(W_res+sBA)‖/‖W‖", "max residual", "ms"):
+    q = result.quantization
+    recon = "max ‖W−(Q(W_res)+sBA)‖/‖W‖" if q else "max ‖W−(W_res+sBA)‖/‖W‖"
+    cols = ["type", "n", "shape", "algorithm", "energy share", recon, "max residual", "ms"]
+    if q:
+        cols.insert(6, "max ‖W−(Q(W_res)+sBA)‖/‖W−Q(W)‖")
+    for col in cols:
         t.add_column(col, justify="left" if col in ("type", "algorithm") else "right")
     for mtype in dict.fromkeys(x.module_type for x in result.layers):
         xs = [x for x in result.layers if x.module_type == mtype]
         algos = ", ".join(sorted({x.algorithm for x in xs}))
         res = [x.certified_residual for x in xs if x.certified_residual is not None]
-        t.add_row(
+        row = [
             mtype,
             str(len(xs)),
             "×".join(str(d) for d in xs[0].shape),
@@ -198,7 +249,10 @@ def print_init(result: InitResult, folder: Path) -> None:
             f"{max(x.reconstruction_error for x in xs):.1e}",
             f"{max(res):.1e}" if res else "-",
             f"{1000 * sum(x.seconds for x in xs) / len(xs):.1f}",
-        )
+        ]
+        if q:
+            row.insert(6, f"{max(float(x.extra['quant_ratio']) for x in xs):.4f}")
+        t.add_row(*row)
     out.print(t)
     if s.svd == "randomized":
         errs = [x.topr_error for x in result.layers if x.topr_error is not None]
@@ -213,6 +267,13 @@ def print_init(result: InitResult, folder: Path) -> None:
         f"adapter {folder / result.adapter_dir}, svdtool.json, README.md in {m.timings.get('total', 0):.1f} s",
         highlight=False,
     )
+    if q:
+        out.print(
+            f"NF4 (double quant {'on' if q['double_quant'] else 'off'}, {q['iters']} alternations): "
+            f"‖W − (Q(W_res) + s·B·A)‖/‖W − Q(W)‖ median {q['median_ratio']:.4f}, max {q['max_ratio']:.4f}. "
+            f"Load {folder} in {q['load_dtype']} with the BitsAndBytesConfig in {folder / 'README.md'}.",
+            highlight=False,
+        )
     if result.frozen:
         err.print(
             f"[bold yellow]note:[/] {', '.join(result.frozen)} must stay frozen in training "

@@ -34,4 +34,4 @@ def _load_builtin() -> None:
 
 
 # Built-in method modules (each calls ``register`` at import). Add new ones here.
-_BUILTIN: list[str] = ["pissa", "milora", "svd_lora_fa", "lora_ga"]
+_BUILTIN: list[str] = ["pissa", "milora", "svd_lora_fa", "lora_ga", "loftq", "qpissa"]

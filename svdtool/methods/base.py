@@ -58,3 +58,6 @@ class MethodSpec:
     paper: str
     needs_gradient: bool = False
     frozen: tuple[str, ...] = ()  # adapter parameters that must stay frozen in training, e.g. ("lora_A",)
+    # The base is loaded quantised (LoftQ, QPiSSA): fn also gets ``source_dtype=`` (the residual's storage dtype,
+    # which the trainer quantises) and returns the residual already rounded to it.
+    quantizes: bool = False

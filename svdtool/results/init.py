@@ -72,6 +72,9 @@ class InitResult:
     reconstruction_tol: float
     max_reconstruction_error: float
     notes: list[str] = field(default_factory=list)
+    # LoftQ / QPiSSA: the 4-bit load the residual was fitted to (svdtool.quant.load_config); then each layer's
+    # reconstruction_error is ‖W − (Q(W_res) + s·B·A)‖/‖W‖ and reconstruction_tol the largest ‖W − Q(W)‖/‖W‖.
+    quantization: dict[str, Any] | None = None
 
     JSON = "svdtool.json"
 
