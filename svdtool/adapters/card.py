@@ -139,7 +139,8 @@ def render_card(res: InitResult, folder_name: str) -> str:
         "```",
         "",
         "compares W_res + s·B·A with the original weights layer by layer, and the logits of residual + adapter "
-        "with those of the original model.",
+        "with those of the original model."
+        + (" Here both replay the 4-bit load: each must beat the original weights loaded the same way." if q else ""),
         "",
     ]
     return "\n".join(lines)

@@ -31,14 +31,18 @@ def _settings(result: InitResult) -> str:
 def init_sections(result: InitResult) -> list[Section]:
     s = result.settings
     ok = result.max_reconstruction_error <= result.reconstruction_tol
+    q = result.quantization
+    base = "Q(W_res)" if q else "W_res"  # Q: the trainer's 4-bit NF4 load of the residual
     callout = Callout(
         status="pass" if ok else "fail",
-        label="W_res + s·B·A reproduces W" if ok else "Reconstruction error above tolerance",
+        label=f"{base} + s·B·A reproduces W" if ok else "Reconstruction error above tolerance",
         text=(
-            f"Largest relative error ‖W − (W_res + s·B·A)‖_F / ‖W‖_F over {len(result.layers)} layers: "
+            f"Largest relative error ‖W − ({base} + s·B·A)‖_F / ‖W‖_F over {len(result.layers)} layers: "
             f"{fmt(result.max_reconstruction_error, 'error')} "
-            f"({'within' if ok else 'above'} the {result.residual_dtype} tolerance "
-            f"{fmt(result.reconstruction_tol, 'error')})."
+            f"({'within' if ok else 'above'} the "
+            + ("plain-NF4 error ‖W − Q(W)‖/‖W‖" if q else f"{result.residual_dtype} tolerance")
+            + f" {fmt(result.reconstruction_tol, 'error')})."
+            + (f" Median ‖W − (Q(W_res) + s·B·A)‖/‖W − Q(W)‖: {q['median_ratio']:.4f}." if q else "")
         ),
     )
     figures = [
@@ -85,6 +89,7 @@ def init_sections(result: InitResult) -> list[Section]:
             ("energy", "‖s·B·A‖²_F / ‖W‖²_F", "fraction:energy_share"),
             ("recon. error", "‖W − (W_res + s·B·A)‖_F / ‖W‖_F", "error:reconstruction_error"),
             ("top-r error", "randomized SVD only: error against the exact top r", "error:topr_error"),
+            *([("NF4 ratio", "‖W − (Q(W_res) + s·B·A)‖_F / ‖W − Q(W)‖_F", "sigma:extra.quant_ratio")] if q else []),
             ("residual", "certified maxᵢ ‖W vᵢ − σᵢ uᵢ‖/σ₁", "error:certified_residual"),
             ("σ₁", "largest singular value held by the adapter", "sigma:sigma.0"),
             ("σ_r", "smallest singular value held by the adapter", f"sigma:sigma.{s.rank - 1}"),
