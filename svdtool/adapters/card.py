@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from svdtool.quant.load_config import TORCH_DTYPES, bnb_config_python
 from svdtool.results.init import InitResult
 
 _TITLES = {
@@ -12,6 +13,8 @@ _TITLES = {
     "mica": "MiCA",
     "orthogonal": "Orthogonal",
     "lora-one": "LoRA-One",
+    "loftq": "LoftQ",
+    "qpissa": "QPiSSA",
 }
 
 
@@ -56,9 +59,7 @@ def render_card(res: InitResult, folder_name: str) -> str:
     if res.base == "original":
         return "\n".join(lines + kept_base_sections(res, d, a, auto))
     lines += [
-        f"- **Residual** W_res = W − s·B·A in {res.residual_dtype} (as the source); adapter in float32. "
-        f"Largest ‖W − (W_res + s·B·A)‖/‖W‖ = {res.max_reconstruction_error:.2e} "
-        f"(tolerance {res.reconstruction_tol:g}).",
+        _residual_line(res),
         "",
         "## Layout",
         "",
@@ -78,7 +79,24 @@ def render_card(res: InitResult, folder_name: str) -> str:
     ]
     if res.frozen:
         lines += _frozen_section(res.frozen, s.rank, s.alpha)
-    lines += _peft_snippet(auto, d, a, "")
+    q = res.quantization
+    if q:
+        lines += _quant_section(q)
+        lines += [
+            "## Train with PEFT",
+            "",
+            "```python",
+            "import torch",
+            f"from transformers import {auto}, BitsAndBytesConfig",
+            "from peft import PeftModel",
+            "",
+            f"bnb = {bnb_config_python(q)}",
+            f'base = {auto}.from_pretrained("{d}", dtype=torch.{TORCH_DTYPES[q["load_dtype"]]}, '
+            "quantization_config=bnb)",
+            f'model = PeftModel.from_pretrained(base, "{a}", is_trainable=True)',
+        ]
+    else:
+        lines += _peft_snippet(auto, d, a, "")
     if res.frozen:
         lines += [
             "for name, param in model.named_parameters():",
@@ -122,7 +140,8 @@ def render_card(res: InitResult, folder_name: str) -> str:
         *_check(
             d,
             "compares W_res + s·B·A with the original weights layer by layer, and the logits of residual + "
-            "adapter with those of the original model.",
+            "adapter with those of the original model."
+            + (" Here both replay the 4-bit load: each must beat the original weights loaded the same way." * bool(q)),
         ),
     ]
     return "\n".join(lines)
@@ -237,5 +256,43 @@ def _frozen_section(frozen: list[str], rank: int, alpha: float) -> list[str]:
         "from peft.optimizers import create_lorafa_optimizer",
         f"optimizer = create_lorafa_optimizer(model, r={rank}, lora_alpha={_fmt(alpha)}, lr=2e-5)",
         "```",
+        "",
+    ]
+
+
+def _residual_line(res: InitResult) -> str:
+    q = res.quantization
+    if not q:
+        return (
+            f"- **Residual** W_res = W − s·B·A in {res.residual_dtype} (as the source); adapter in float32. "
+            f"Largest ‖W − (W_res + s·B·A)‖/‖W‖ = {res.max_reconstruction_error:.2e} "
+            f"(tolerance {res.reconstruction_tol:g})."
+        )
+    return (
+        f"- **Residual** W_res in {res.residual_dtype}, meant to be loaded in 4-bit NF4 (Q below); adapter in float32. "
+        f"‖W − (Q(W_res) + s·B·A)‖/‖W − Q(W)‖ per layer: median {q['median_ratio']:.4f}, max {q['max_ratio']:.4f} "
+        f"({q['iters']} alternations; below 1 is better than plain NF4 of the original weights)."
+    )
+
+
+def _quant_section(q: dict) -> list[str]:  # type: ignore[type-arg]
+    dq = "with" if q["double_quant"] else "without"
+    return [
+        "## Load the base in 4-bit NF4, exactly as fitted",
+        "",
+        f"The adapter was fitted to Q(W_res): the NF4 quantisation (block 64, {dq} double quantisation) that "
+        f"bitsandbytes applies to W_res as stored ({q['load_dtype']}), simulated bit for bit. Load the base with "
+        "exactly this config; then the 4-bit codes and the dequantised values are those the adapter was fitted to:",
+        "",
+        "```python",
+        "import torch",
+        "from transformers import BitsAndBytesConfig",
+        "",
+        f"bnb = {bnb_config_python(q)}",
+        "```",
+        "",
+        f"and `dtype=torch.{TORCH_DTYPES.get(q['load_dtype'], q['load_dtype'])}`. Another dtype or double-quant "
+        "setting gives the same codes at best, with different scales; loaded in full precision, W_res + s·B·A is "
+        "not the original model (LoftQ's W_res is not W − s·B·A at all).",
         "",
     ]

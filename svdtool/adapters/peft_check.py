@@ -78,6 +78,8 @@ def check_outputs(
 
     With ``init.base == "original"`` the adapter goes on the original itself, and the reference is the original
     with s·B·A added by svdtool when the init changes the output (LoRA-One), else the original as it is.
+    With a quantised base, both the residual and a plain-NF4 copy of the original get their target weights
+    replaced by the simulated 4-bit load, and the tolerance is the plain copy's error.
     """
     import torch
     from peft import PeftModel
@@ -99,11 +101,18 @@ def check_outputs(
     if kept and init.changes_output:
         add_adapter(base, init, adapter_dir)
     ref = _run(base, ids, causal, device)
+    tol = LOGITS_TOL.get(init.residual_dtype, max(LOGITS_TOL.values()))
+    if init.quantization:  # quantisation-aware: no worse than plain NF4 of the original on the same targets
+        _fake_quantize_targets(base, init)
+        plain = _run(base, ids, causal, device)
+        tol = float(((plain - ref).norm() / ref.norm()).item()) if float(ref.norm().item()) > 0 else 0.0
     del base
     if kept:
         residual = cls.from_pretrained(where[0], **kwargs).to(device).eval()
     else:
         residual = cls.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+    if init.quantization:
+        _fake_quantize_targets(residual, init)
     with warnings.catch_warnings():  # PEFT's own deprecation chatter about transformers internals
         warnings.simplefilter("ignore", FutureWarning)
         # low_cpu_mem_usage: PEFT skips inits that only the saved tensors overwrite (MiCA's full SVD).
@@ -113,7 +122,6 @@ def check_outputs(
     diff = got - ref
     rel = float((diff.norm() / ref.norm()).item()) if float(ref.norm().item()) > 0 else float(diff.norm().item())
     top1 = float((got.argmax(-1) == ref.argmax(-1)).double().mean().item()) if causal else None
-    tol = LOGITS_TOL.get(init.residual_dtype, max(LOGITS_TOL.values()))
     check = LogitsCheck(
         output="logits" if causal else "last_hidden_state",
         prompts=shown,
@@ -144,3 +152,22 @@ def add_adapter(model: Any, init: InitResult, adapter_dir: Path) -> None:
             weight = model.get_submodule(x.module).weight
             delta = s * (b @ a)  # (out, in)
             weight.copy_((weight.double() + (delta.T if x.transposed else delta).to(weight.device)).to(weight.dtype))
+
+
+def _fake_quantize_targets(model: Any, init: InitResult) -> None:
+    """Replace each target weight of a float32 model by what a 4-bit NF4 load of it in the recorded load dtype
+    computes with (:mod:`svdtool.quant.nf4`), in place. float32 holds the bf16/fp16 values exactly."""
+    import torch
+
+    from svdtool.methods.quantized import config_of
+    from svdtool.quant import nf4
+    from svdtool.quant.load_config import TORCH_DTYPES
+
+    q = init.quantization or {}
+    dtype, config = getattr(torch, TORCH_DTYPES[q["load_dtype"]]), config_of(q)
+    with torch.no_grad():
+        for x in init.layers:
+            weight = model.get_submodule(x.module).weight
+            w = weight.T if x.transposed else weight  # (out, in), as transformers quantises it
+            deq = nf4.fake_quantize(w.to(dtype).contiguous(), config).to(weight.dtype)
+            weight.copy_(deq.T if x.transposed else deq)

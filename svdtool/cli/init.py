@@ -45,7 +45,8 @@ MethodOpt = Annotated[
     str,
     typer.Option(
         "--method",
-        help="pissa | milora | svd-lora-fa | lora-ga | olora | mica | orthogonal | lora-one (see docs/init.md).",
+        help="pissa | milora | svd-lora-fa | lora-ga | olora | mica | orthogonal | lora-one | loftq | qpissa "
+        "(see docs/init.md).",
         show_default=False,
     ),
 ]
@@ -106,6 +107,36 @@ NiterOpt = Annotated[
     typer.Option("--niter", help="--svd randomized: products with WᵀW, as svd_lowrank's niter (default 24)."),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace DIR if it exists and is not empty.")]
+# LoftQ / QPiSSA only (see docs/init.md)
+QuantOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quant",
+        help="loftq, qpissa: the 4-bit type the trainer loads the residual with; nf4 only (default), fp4 is refused.",
+        show_default=False,
+    ),
+]
+DoubleQuantOpt = Annotated[
+    bool,
+    typer.Option("--double-quant", help="loftq, qpissa: the trainer loads with bnb_4bit_use_double_quant=True."),
+]
+QuantBackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quant-backend",
+        help="loftq, qpissa: where the trainer quantises: cuda (GPU trainers; default) | cpu (bitsandbytes' CPU path, "
+        "whose double quantisation rounds a few scales differently).",
+        show_default=False,
+    ),
+]
+QuantItersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--quant-iters",
+        help="loftq, qpissa: quantise/fit alternations (default 5; PEFT's loftq_iter defaults to 1).",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -147,14 +178,20 @@ def init(
     gamma: GammaOpt = None,
     convention: ConventionOpt = "reference",
     rank_alloc: RankAllocOpt = "uniform",
+    quant: QuantOpt = None,
+    double_quant: DoubleQuantOpt = False,
+    quant_iters: QuantItersOpt = None,
+    quant_backend: QuantBackendOpt = None,
 ) -> None:
     """SVD- and data-initialised LoRA adapter (PiSSA, MiLoRA, SVD-LoRA-FA, LoRA-GA, OLoRA, MiCA, orthogonal,
-    LoRA-One), precomputed for PEFT.
+    LoRA-One, LoftQ, QPiSSA), precomputed for PEFT.
 
-    Methods that change the base (pissa, milora, svd-lora-fa, lora-ga, olora) write the residual model W − s·B·A
-    to DIR (same config, dtype and tokenizer as the source) and the adapter to DIR/<method>_init/: load the
-    adapter on DIR, never on the original. Methods that keep the base (mica, orthogonal, lora-one) write only
-    DIR/<method>_init/, whose base_model_name_or_path is the original model.
+    Methods that change the base (pissa, milora, svd-lora-fa, lora-ga, olora, loftq, qpissa) write the residual
+    model W − s·B·A to DIR (same config, dtype and tokenizer as the source) and the adapter to DIR/<method>_init/:
+    load the adapter on DIR, never on the original. Methods that keep the base (mica, orthogonal, lora-one) write
+    only DIR/<method>_init/, whose base_model_name_or_path is the original model. LoftQ and QPiSSA fit the adapter
+    to the residual as the trainer's 4-bit NF4 load will quantise it (bit-exact with bitsandbytes): load DIR with
+    the BitsAndBytesConfig that DIR/README.md gives.
 
     \b
     Examples:
@@ -168,20 +205,28 @@ def init(
       svdtool init ./my-model --method orthogonal -r 16 --seed 0 --out orth
       svdtool init ./my-model --method lora-one -r 16 --calib metamathqa --out one
       svdtool init ./my-model --method pissa -r 16 --rank-alloc energy --out pe
+      svdtool init ./my-model --method qpissa --quant nf4 --double-quant --quant-iters 5 -r 64 --out qp
+      svdtool init ./my-model --method loftq --quant nf4 -r 64 --alpha 16 --out lq
     """
     from svdtool import naming
     from svdtool.commands.init import InitRequest, run_init
 
     svd = svd or ("randomized" if method == "lora-ga" else "exact")
-    extra: dict = {}
+    extra: dict = {
+        "quant": quant,
+        "double_quant": double_quant,
+        "quant_iters": quant_iters,
+        "quant_backend": quant_backend,
+    }
+    extra = {k: v for k, v in extra.items() if v is not None and v is not False}
     grad_req = None
     if method in GRADIENT_METHODS:
         from svdtool.cli.gradient_args import gradient_request
 
         if method == "lora-ga":
-            extra = {"direction": direction, "gamma": 16.0 if gamma is None else gamma, "convention": convention}
+            extra |= {"direction": direction, "gamma": 16.0 if gamma is None else gamma, "convention": convention}
         else:
-            extra = {"gamma": 128.0 if gamma is None else gamma}
+            extra |= {"gamma": 128.0 if gamma is None else gamma}
         grad_req = gradient_request(
             model, calib=calib, samples=samples, max_length=max_length, batch_size=batch_size, seed=seed,
             prompt_field=prompt_field, response_field=response_field, text_field=text_field,
@@ -228,9 +273,16 @@ def print_init(result: InitResult, folder: Path) -> None:
     m = result.manifest
     t = Table(title=f"{s.method} r={s.rank} α={s.alpha:g} s={s.scaling:.4g} on {m.model}", title_justify="left")
     alloc = s.rank_alloc != "uniform"
-    error = "max ‖sBA‖/‖W‖" if result.base == "original" and not result.changes_output else "max ‖W−(W_res+sBA)‖/‖W‖"
+    q = result.quantization
+    if q:
+        error = "max ‖W−(Q(W_res)+sBA)‖/‖W‖"
+    elif result.base == "original" and not result.changes_output:
+        error = "max ‖sBA‖/‖W‖"
+    else:
+        error = "max ‖W−(W_res+sBA)‖/‖W‖"
     cols = ["type", "n", "shape", *(["ranks"] if alloc else []), "algorithm", "energy share", error]
-    cols += ["max residual", "ms"]
+    quant_at = len(cols)  # the NF4 ratio column goes right after the reconstruction error
+    cols += [*(["max ‖W−(Q(W_res)+sBA)‖/‖W−Q(W)‖"] if q else []), "max residual", "ms"]
     for col in cols:
         t.add_column(col, justify="left" if col in ("type", "algorithm") else "right")
     for mtype in dict.fromkeys(x.module_type for x in result.layers):
@@ -238,7 +290,7 @@ def print_init(result: InitResult, folder: Path) -> None:
         algos = ", ".join(sorted({x.algorithm for x in xs}))
         res = [x.certified_residual for x in xs if x.certified_residual is not None]
         ranks = [x.rank or s.rank for x in xs]
-        t.add_row(
+        row = [
             mtype,
             str(len(xs)),
             "×".join(str(d) for d in xs[0].shape),
@@ -248,7 +300,10 @@ def print_init(result: InitResult, folder: Path) -> None:
             f"{max(x.reconstruction_error for x in xs):.1e}",
             f"{max(res):.1e}" if res else "-",
             f"{1000 * sum(x.seconds for x in xs) / len(xs):.1f}",
-        )
+        ]
+        if q:
+            row.insert(quant_at, f"{max(float(x.extra['quant_ratio']) for x in xs):.4f}")
+        t.add_row(*row)
     out.print(t)
     if s.svd == "randomized":
         errs = [x.topr_error for x in result.layers if x.topr_error is not None]
@@ -287,6 +342,13 @@ def print_init(result: InitResult, folder: Path) -> None:
             x.get("gradient_dtype_reason"),
         )
         out.print(line, highlight=False, markup=False)
+    if q:
+        out.print(
+            f"NF4 (double quant {'on' if q['double_quant'] else 'off'}, {q['iters']} alternations): "
+            f"‖W − (Q(W_res) + s·B·A)‖/‖W − Q(W)‖ median {q['median_ratio']:.4f}, max {q['max_ratio']:.4f}. "
+            f"Load {folder} in {q['load_dtype']} with the BitsAndBytesConfig in {folder / 'README.md'}.",
+            highlight=False,
+        )
     if result.frozen:
         err.print(
             f"[bold yellow]note:[/] {', '.join(result.frozen)} must stay frozen in training "

@@ -119,9 +119,38 @@ def validate(req: InitRequest) -> MethodSpec:
     if not req.targets:
         raise SvdtoolError("--targets is empty: name module types (q_proj,v_proj) or all-linear")
     check_rank_alloc(req.rank_alloc, spec)
+    _check_quant(spec, req.extra)
     if spec.check is not None:
         spec.check(InitOptions(rank=req.rank, alpha=float(req.alpha or req.rank), extra=req.extra))
     return spec
+
+
+#: Request options that only a quantising method (LoftQ, QPiSSA) reads.
+QUANT_OPTIONS = {
+    "quant": "--quant",
+    "double_quant": "--double-quant",
+    "quant_iters": "--quant-iters",
+    "quant_backend": "--quant-backend",
+}
+
+
+def _check_quant(spec: MethodSpec, extra: dict[str, Any]) -> None:
+    given = [flag for key, flag in QUANT_OPTIONS.items() if extra.get(key) is not None and extra[key] is not False]
+    if not spec.quantizes:
+        if given:
+            raise SvdtoolError(f"{', '.join(given)}: {spec.name} does not quantise the base; use loftq or qpissa")
+        return
+    quant = extra.get("quant") or "nf4"
+    if quant == "fp4":
+        raise SvdtoolError("--quant fp4 is not supported: svdtool simulates bitsandbytes NF4 only (use --quant nf4)")
+    if quant != "nf4":
+        raise SvdtoolError(f"--quant {quant!r}: expected nf4")
+    backend = extra.get("quant_backend")
+    if backend is not None and backend not in ("cuda", "cpu"):
+        raise SvdtoolError(f"--quant-backend {backend!r}: expected cuda or cpu")
+    iters = extra.get("quant_iters")
+    if iters is not None and int(iters) < 1:
+        raise SvdtoolError(f"--quant-iters {iters}: at least 1")
 
 
 def _open(req: InitRequest) -> Checkpoint:
@@ -420,6 +449,14 @@ def _result(
             OVERSAMPLE = 2 * opts.rank  # noqa: N806
         settings.oversample = settings.oversample if settings.oversample is not None else OVERSAMPLE
         settings.niter = settings.niter if settings.niter is not None else NITER
+    quantization = None
+    if spec.quantizes:
+        quantization = _quantization(opts, residual_dtype, layers)
+        tol = max(float(x.extra["nf4_error"]) for x in layers)
+        notes.append(
+            "the residual is quantised to NF4 when loaded: the error is ‖W − (Q(W_res) + s·B·A)‖/‖W‖, and the "
+            "tolerance the largest plain-NF4 error ‖W − Q(W)‖/‖W‖"
+        )
     return InitResult(
         manifest=manifest(
             "init",
@@ -450,6 +487,22 @@ def _result(
         base="original" if spec.keeps_base else "residual",
         changes_output=spec.changes_output,
         init_lora_weights=spec.init_lora_weights,
+        quantization=quantization,
+    )
+
+
+def _quantization(opts: InitOptions, dtype: str, layers: list[LayerInit]) -> dict[str, Any]:
+    from svdtool.methods.quantized import settings
+    from svdtool.quant.load_config import quantization_record
+
+    q = settings(opts.extra)
+    return quantization_record(
+        quant=q.quant,
+        double_quant=q.config.double_quant,
+        iters=q.iters,
+        backend=q.config.backend,
+        dtype=dtype,
+        ratios=[float(x.extra["quant_ratio"]) for x in layers],
     )
 
 

@@ -136,6 +136,8 @@ def init_layer(
         w64 = w64.T.contiguous()  # (out, in)
     if spec.needs_gradient:  # the layout and dtype as stored (LoRA-GA's PEFT convention reproduces PEFT's use of them)
         res = spec.fn(w64, opts, gradient=gradient, transposed=t.transposed, source_dtype=w.dtype, name=t.info.name)
+    elif spec.quantizes:  # the trainer quantises the residual as stored
+        res = spec.fn(w64, opts, source_dtype=w.dtype)
     else:
         res = spec.fn(w64, opts, name=t.info.name)
     a, b = res.lora_A.to(torch.float32).contiguous(), res.lora_B.to(torch.float32).contiguous()
@@ -152,6 +154,9 @@ def init_layer(
     stored = stored.T if t.transposed else stored
     meta = dict(res.meta)
     sigma = meta.pop("sigma", [])
+    error = float((recon / w_norm).item()) if float(w_norm.item()) > 0 else 0.0
+    if spec.quantizes:  # what the trainer's model computes: ‖W − (Q(W_res) + s·B·A)‖ / ‖W‖
+        error = float(meta["quant_error"])
     record = LayerInit(
         name=t.info.name,
         module=t.module,
@@ -163,7 +168,7 @@ def init_layer(
         certified_residual=meta.pop("certified_residual", None),
         sigma=[float(x) for x in sigma],
         energy_share=float(energy.item()),
-        reconstruction_error=float((recon / w_norm).item()) if float(w_norm.item()) > 0 else 0.0,
+        reconstruction_error=error,
         topr_error=meta.pop("topr_error", None),
         seconds=time.perf_counter() - t0,
         rank=r,

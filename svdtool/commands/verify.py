@@ -8,7 +8,9 @@
    otherwise).
 
 Tolerances depend on the residual's dtype (:data:`svdtool.results.init.RECONSTRUCTION_TOL`,
-:data:`svdtool.results.init.LOGITS_TOL`).
+:data:`svdtool.results.init.LOGITS_TOL`). For a quantised base (LoftQ, QPiSSA) both checks replay the
+trainer's NF4 load (:mod:`svdtool.quant.nf4`, as recorded in ``svdtool.json``): ‖W − (Q(W_res) + s·B·A)‖/‖W‖
+must not exceed plain NF4's ‖W − Q(W)‖/‖W‖, per layer and for the outputs.
 
 A folder whose method keeps the base (``base: "original"``: MiCA, orthogonal, LoRA-One) holds no residual. Its
 adapter is checked on the original: per layer ‖s·B·A‖_F/‖W‖_F must be 0 to rounding, or, when the init is meant
@@ -29,6 +31,7 @@ from svdtool.adapters.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_k
 from svdtool.commands.common import Progress, SilentProgress, resolve_device, versions
 from svdtool.errors import SvdtoolError
 from svdtool.loading import Checkpoint, open_checkpoint
+from svdtool.methods.quantized import config_of, load_errors
 from svdtool.results.base import load_json
 from svdtool.results.init import RECONSTRUCTION_TOL, InitResult, VerifyLayer, VerifyResult
 
@@ -129,19 +132,24 @@ def check_tensors(
                     missing.append(ka if ka not in keys else kb)
                 else:
                     s = scaling_of(config, x.module)
-                    w = orig.read(info).to(device=device, dtype=torch.float64)
+                    w = orig.read(info).to(device=device)
                     a = adapter.get_tensor(ka).to(device=device, dtype=torch.float64)
                     b = adapter.get_tensor(kb).to(device=device, dtype=torch.float64)
                     w = w.T if x.transposed else w
                     if residual is None:
+                        w = w.to(torch.float64)
                         err = adapter_error(w, s * (b @ a), x.energy_share, init.changes_output)
                         tol = RECONSTRUCTION_TOL["fp32"]  # the adapter is float32; W is not rounded
                     else:
-                        w_res = residual.read(mine).to(device=device, dtype=torch.float64)
+                        w_res = residual.read(mine).to(device=device)
                         w_res = w_res.T if x.transposed else w_res
-                        norm = float(w.norm().item())
-                        err = float(torch.addmm(w_res, b, a, alpha=s).sub_(w).norm().item()) / norm if norm else 0.0
-                        tol = RECONSTRUCTION_TOL.get(mine.dtype, 1e-2)
+                        if init.quantization:  # the trainer's NF4 load of W_res, against plain NF4 of W
+                            err, tol = load_errors(w, w_res, a, b, s, config_of(init.quantization))
+                        else:
+                            w, w_res = w.to(torch.float64), w_res.to(torch.float64)
+                            norm = float(w.norm().item())
+                            err = float(torch.addmm(w_res, b, a, alpha=s).sub_(w).norm().item()) / norm if norm else 0.0
+                            tol = RECONSTRUCTION_TOL.get(mine.dtype, 1e-2)
                     layers.append(VerifyLayer(info.name, x.module, err, tol, err <= tol))
             elif residual is not None:
                 checked += 1

@@ -80,3 +80,6 @@ class MethodSpec:
     # "eva" (explained variance), or None (uniform only). directions: singular directions one rank adds (LoRA-GA: 2).
     rank_gain: str | None = None
     directions: int = 1
+    # The base is loaded quantised (LoftQ, QPiSSA): fn also gets ``source_dtype=`` (the residual's storage dtype,
+    # which the trainer quantises) and returns the residual already rounded to it.
+    quantizes: bool = False

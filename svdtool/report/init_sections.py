@@ -48,8 +48,11 @@ def _settings(result: InitResult) -> str:
 def init_sections(result: InitResult) -> list[Section]:
     s = result.settings
     ok = result.max_reconstruction_error <= result.reconstruction_tol
+    q = result.quantization
     what, headline = "‖W − (W_res + s·B·A)‖_F / ‖W‖_F", "W_res + s·B·A reproduces W"
-    if result.base == "original" and not result.changes_output:
+    if q:  # Q: the trainer's 4-bit NF4 load of the residual
+        what, headline = "‖W − (Q(W_res) + s·B·A)‖_F / ‖W‖_F", "Q(W_res) + s·B·A reproduces W"
+    elif result.base == "original" and not result.changes_output:
         what, headline = "‖s·B·A‖_F / ‖W‖_F (base untouched)", "s·B·A = 0: training starts from the original"
     elif result.base == "original":
         headline = "The original base is untouched; the adapter starts one gradient step away"
@@ -59,8 +62,10 @@ def init_sections(result: InitResult) -> list[Section]:
         text=(
             f"Largest relative error {what} over {len(result.layers)} layers: "
             f"{fmt(result.max_reconstruction_error, 'error')} "
-            f"({'within' if ok else 'above'} the {result.residual_dtype} tolerance "
-            f"{fmt(result.reconstruction_tol, 'error')})."
+            f"({'within' if ok else 'above'} the "
+            + ("plain-NF4 error ‖W − Q(W)‖/‖W‖" if q else f"{result.residual_dtype} tolerance")
+            + f" {fmt(result.reconstruction_tol, 'error')})."
+            + (f" Median ‖W − (Q(W_res) + s·B·A)‖/‖W − Q(W)‖: {q['median_ratio']:.4f}." if q else "")
         ),
     )
     figures = [
@@ -119,6 +124,7 @@ def init_sections(result: InitResult) -> list[Section]:
             ("energy", "‖s·B·A‖²_F / ‖W‖²_F", "fraction:energy_share"),
             ("recon. error", "‖W − (W_res + s·B·A)‖_F / ‖W‖_F", "error:reconstruction_error"),
             ("top-r error", "randomized SVD only: error against the exact top r", "error:topr_error"),
+            *([("NF4 ratio", "‖W − (Q(W_res) + s·B·A)‖_F / ‖W − Q(W)‖_F", "sigma:extra.quant_ratio")] if q else []),
             ("residual", "certified maxᵢ ‖W vᵢ − σᵢ uᵢ‖/σ₁", "error:certified_residual"),
             *(_sigma_columns(result) if all(x.sigma for x in result.layers) else []),
         ],

@@ -83,6 +83,9 @@ class InitResult:
     changes_output: bool = False  # base "original" with s·B·A ≠ 0 at init (LoRA-One): the start is W + s·B·A
     init_lora_weights: bool | str = True  # as written to adapter_config.json
     allocation: dict[str, Any] = field(default_factory=dict)  # --rank-alloc budget, gains (see allocation.py)
+    # LoftQ / QPiSSA: the 4-bit load the residual was fitted to (svdtool.quant.load_config); then each layer's
+    # reconstruction_error is ‖W − (Q(W_res) + s·B·A)‖/‖W‖ and reconstruction_tol the largest ‖W − Q(W)‖/‖W‖.
+    quantization: dict[str, Any] | None = None
 
     JSON = "svdtool.json"
 
