@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from svdtool import factorize
 from svdtool.allocation import STATS, greedy, rank_gains
 from svdtool.commands.common import Progress
-from svdtool.commands.init_layers import GradientSource, Target, gradient_for
+from svdtool.commands.init_layers import GradientSource, Target, gradient_for, lookup_gradient
 from svdtool.errors import SvdtoolError
 from svdtool.loading import Checkpoint
 from svdtool.methods import METHODS, MethodSpec
@@ -72,7 +72,7 @@ def coverage_gains(ctx: GainContext, t: Target, cap: int) -> list[float]:
     """σ_k(G)², summed over each rank's directions, for ranks 1..cap."""
     if ctx.gradients is None:
         raise SvdtoolError("--rank-alloc coverage needs the gradients (pass --calib or --grad-cache)")
-    g = gradient_for(ctx.gradients, t, ctx.device)
+    g = gradient_for(lookup_gradient(ctx.gradients, t), t, ctx.device)
     k = cap * ctx.directions
     sigma = g.S[:k].tolist() if isinstance(g, LowRankGradient) else factorize.top_svd(g, k).s.tolist()
     return rank_gains(sigma, ctx.directions, 1.0, cap)

@@ -35,5 +35,14 @@ def _load_builtin() -> None:
 
 # Built-in method modules (each calls ``register`` at import). Add new ones here.
 _BUILTIN: list[str] = [
-    "pissa", "milora", "svd_lora_fa", "lora_ga", "olora", "mica", "orthogonal", "lora_one", "loftq", "qpissa"
+    "pissa",
+    "milora",
+    "svd_lora_fa",
+    "lora_ga",
+    "olora",
+    "mica",
+    "orthogonal",
+    "lora_one",
+    "loftq",
+    "qpissa",
 ]
