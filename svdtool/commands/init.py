@@ -56,6 +56,7 @@ from svdtool.commands.init_layers import (
 from svdtool.errors import SvdtoolError
 from svdtool.loading import Checkpoint, TensorInfo, open_checkpoint, parse_model_spec
 from svdtool.methods import InitOptions, MethodSpec, get_method
+from svdtool.nonfinite import TimedCheck
 from svdtool.results.base import atomic_write_bytes
 from svdtool.results.init import RECONSTRUCTION_TOL, InitResult, InitSettings, LayerInit
 
@@ -329,6 +330,7 @@ def _stream(
     copier = HostCopier(device, biggest) if device.type == "cuda" else None
     reader = Prefetcher(ckpt, order, lambda i: device if i.name in by_name else None)
     layers: list[LayerInit] = []
+    check = TimedCheck()
     read_s = math_s = 0.0
     progress.start(f"{spec.name} r={opts.rank}", len(infos), sum(i.nbytes for i in infos))
     sets = [x for x in (residual, adapter) if x is not None]
@@ -344,6 +346,7 @@ def _stream(
                 assert residual is not None  # keeps_base streams the targets only
                 writers.submit(residual.write, info.name, tensor)
             else:
+                check.require(tensor, info.name)  # before any math: one reduction on the device
                 # The lookup may wait for the estimate (LoRA-GA's overlapped stream): not under the lock.
                 grad = lookup_gradient(req.gradients, t) if spec.needs_gradient and req.gradients else None
                 t0 = time.perf_counter()
@@ -374,7 +377,12 @@ def _stream(
     layers.sort(key=lambda x: position[x.name])  # checkpoint order, whatever the reading order
     if residual is not None:
         atomic_write_bytes(tmp / INDEX_NAME, (json.dumps(residual.index(), indent=2) + "\n").encode())
-    timings = {"read": round(read_s, 4), "math": round(math_s, 4), "write": round(writers.seconds, 4)}
+    timings = {
+        "read": round(read_s, 4),
+        "check": round(check.seconds, 4),
+        "math": round(math_s, 4),
+        "write": round(writers.seconds, 4),
+    }
     return layers, timings, names
 
 

@@ -71,10 +71,13 @@ def compute_all(
     workers: list[Worker],
     on_done: Callable[[Computed], None],
     helpers: int = 0,
+    keep: Callable[[TensorInfo, torch.Tensor], bool] | None = None,
 ) -> Iterator[Computed]:
     """Yield one :class:`Computed` per tensor, in completion order; ``on_done`` is called under a lock.
 
     ``helpers`` CPU processes finish the GPU worker's eigen-solves (see :func:`plan_workers`).
+    ``keep(info, W)``, called on the reader thread with W on the device, drops a tensor when it returns
+    False (``spectrum`` skips matrices with NaN or ±Inf before any math).
     """
     import torch
 
@@ -93,7 +96,10 @@ def compute_all(
                 w = ckpt.read(info)
                 if upload is not None:
                     w = w.to(upload)  # synchronous upload in the source dtype; cast happens on the GPU
-                tasks.put((index, info, w, time.perf_counter() - t0))
+                t_read = time.perf_counter() - t0
+                if keep is not None and not keep(info, w):
+                    continue
+                tasks.put((index, info, w, t_read))
         except BaseException as exc:
             results.put(exc)
             stop.set()
