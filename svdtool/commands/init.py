@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from svdtool import cuda_graphs, naming
 from svdtool.adapters import layout as lay
 from svdtool.adapters.folder import aux_source, write_folder
-from svdtool.adapters.output import check_target, copy_aux_files, staged_folder
+from svdtool.adapters.output import check_target, copy_aux_files, ensure_space, staged_folder
 from svdtool.adapters.peft_format import ADAPTER_WEIGHTS, adapter_dirname, lora_key
 from svdtool.adapters.safetensors_out import (
     DEFAULT_SHARD_BYTES,
@@ -180,6 +180,8 @@ def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
         targets = select_targets(layout, infos, req.targets, req.rank)
         for note in layout.notes:
             progress.message(note)
+        # Before minutes of gradient work: room for the output on the target file system.
+        ensure_space(req.out, planned_bytes([] if spec.keeps_base else infos, targets))
         alpha = float(req.alpha if req.alpha is not None else req.rank)
         estimate = spec.needs_gradient and req.gradients is None and req.gradient_request is not None
         # With uniform ranks the init stream can start beside the estimate (_estimate_and_stream); an allocation
@@ -201,7 +203,7 @@ def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
         targets, allocation = allocate(req.rank_alloc, targets, req.rank, ctx, progress)
         extra = method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra)
         opts = InitOptions(rank=req.rank, alpha=alpha, use_rslora=req.use_rslora, extra=extra)
-        with staged_folder(req.out, req.overwrite) as tmp:
+        with staged_folder(req.out, req.overwrite, progress.message) as tmp:
             if overlap:
                 prepare = round(time.perf_counter() - t_start, 4)
                 req, (layers, timings, files) = _estimate_and_stream(
@@ -283,6 +285,19 @@ def _estimate_and_stream(
     # gradients: the estimate (the stream ran beside it); drain: writing left once the gradients were done.
     timings.update(gradients=round(t1 - t0, 4), drain=round(time.perf_counter() - t1, 4))
     return replace(req, extra={**req.extra, **provenance}), (layers, timings, files)
+
+
+#: Room for the small files (config, tokenizer, svdtool.json, card, index, safetensors headers).
+SMALL_FILES_BYTES = 64 * 2**20
+
+
+def planned_bytes(residual: list[TensorInfo], targets: list[Target]) -> int:
+    """What the init folder will take on disk: the residual (if any), the adapter, a margin for the small files.
+
+    Ranks are those before a ``--rank-alloc`` (the adapter is small beside the residual).
+    """
+    adapter = sum(4 * t.rank * (t.in_features + t.out_features) for t in targets)
+    return sum(i.nbytes for i in residual) + adapter + SMALL_FILES_BYTES
 
 
 def _plans(infos: list[TensorInfo], targets: list[Target], max_bytes: int) -> tuple[list[list[Planned]], list[Planned]]:
@@ -396,9 +411,11 @@ def _write_fetched(out: ShardSet, name: str, fetch: Callable[[], tuple[torch.Ten
 
 def _close(writers: Writers, *sets: ShardSet, raise_errors: bool) -> None:
     """Join the writers and close the files; on the error path, only clean up (the first error wins)."""
+    failed = False
     try:
         writers.close()
     except Exception:
+        failed = True  # a write failed: the tensors it did not write are no news
         if raise_errors:
             raise
     finally:
@@ -406,7 +423,7 @@ def _close(writers: Writers, *sets: ShardSet, raise_errors: bool) -> None:
             try:
                 shard_set.close()
             except ValueError:
-                if raise_errors:
+                if raise_errors and not failed:
                     raise
 
 
