@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from svdtool.errors import SvdtoolError, WriteFailed, write_failure, writing
+from svdtool.interrupts import deferred
 
 #: Files copied from the source checkpoint: config, tokenizer, chat template, remote code, licenses.
 AUX_PATTERNS = (
@@ -77,14 +78,16 @@ def staged_folder(out: Path, overwrite: bool, notify: Callable[[str], None] | No
             if notify is not None:
                 notify(note)
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+            with deferred():  # an interrupt must not fall between creating the folder and knowing its name
+                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
         except OSError as exc:  # named after OUT: the staging folder never existed
             raise write_failure(exc, out) from None
     try:
         with writing(out, tmp):
             yield tmp
             tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary model folder
-            publish(tmp, out, overwrite)
+            with deferred():  # the old DIR is never left aside by an interrupt
+                publish(tmp, out, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from svdtool import __version__
 from svdtool.errors import SvdtoolError, writing
+from svdtool.interrupts import deferred
 from svdtool.results.base import atomic_write_bytes, dumps
 from svdtool.results.manifest import RunManifest
 from svdtool.runtime import Progress, SilentProgress, describe_device, resolve_device
@@ -123,7 +124,7 @@ def write_result_with_sigmas(
     sidecar, js = out_dir / sidecar_name, out_dir / json_name
     created = not out_dir.exists()
     try:
-        with writing(out_dir):
+        with writing(out_dir), deferred():  # the pair is written whole (it takes milliseconds)
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(sidecar, save(tensors, metadata={"format": tag, "order": "descending"}))
             atomic_write_bytes(js, dumps(result).encode())

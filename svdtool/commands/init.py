@@ -413,7 +413,7 @@ def _close(writers: Writers, *sets: ShardSet, raise_errors: bool) -> None:
     """Join the writers and close the files; on the error path, only clean up (the first error wins)."""
     failed = False
     try:
-        writers.close()
+        writers.close(cancel=not raise_errors)  # the output of a failed run is deleted: skip queued writes
     except Exception:
         failed = True  # a write failed: the tensors it did not write are no news
         if raise_errors:

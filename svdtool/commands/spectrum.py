@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -134,8 +135,10 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
             on_done = lambda c: progress.advance(c.info.name, c.info.nbytes)  # noqa: E731
-            for c in compute_all(ckpt, infos, workers, on_done, helpers, keep):
-                done.append(c)
+            # closing(): an interrupt between two items must still stop and join the threads, here and now.
+            with closing(compute_all(ckpt, infos, workers, on_done, helpers, keep)) as computed:
+                for c in computed:
+                    done.append(c)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev_tf32
             progress.finish()
