@@ -55,6 +55,7 @@ from svdtool.commands.init_layers import (
 )
 from svdtool.errors import SvdtoolError
 from svdtool.loading import Checkpoint, TensorInfo, open_checkpoint, parse_model_spec
+from svdtool.loading.checks import check_config_shapes
 from svdtool.methods import InitOptions, MethodSpec, get_method
 from svdtool.nonfinite import TimedCheck
 from svdtool.results.base import atomic_write_bytes
@@ -162,6 +163,11 @@ def _open(req: InitRequest) -> Checkpoint:
     if not ckpt.meta.config:
         ckpt.close()
         raise SvdtoolError(f"{req.model} has no config.json: init writes a full Hugging Face checkpoint and needs it")
+    try:
+        check_config_shapes(ckpt.meta.config, ckpt.tensors(), req.model)
+    except SvdtoolError:
+        ckpt.close()
+        raise
     return ckpt
 
 
