@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,26 @@ def nonfinite(t: torch.Tensor) -> NonFinite | None:
         return None
     counts = NonFinite(int(torch.isnan(t).sum()), int(torch.isposinf(t).sum()), int(torch.isneginf(t).sum()))
     return counts if counts.nan or counts.pos_inf or counts.neg_inf else None  # the sum overflowed
+
+
+def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, NonFinite] | None:
+    """The first (name, counts) among many tensors with NaN or ±Inf, or None: one reduction per tensor and a
+    single host sync per device for all of them (exact counts only for a tensor whose sum is not finite)."""
+    import torch
+
+    items = [(n, t) for n, t in named if t.is_floating_point() and t.numel()]
+    by_device: dict[torch.device, list[int]] = {}
+    for k, (_, t) in enumerate(items):
+        by_device.setdefault(t.device, []).append(k)
+    suspects: list[int] = []
+    for ks in by_device.values():
+        sums = torch.stack([items[k][1].sum().float() for k in ks])
+        suspects += [ks[j] for j in torch.nonzero(~torch.isfinite(sums)).flatten().tolist()]
+    for k in sorted(suspects):
+        bad = nonfinite(items[k][1])
+        if bad is not None:
+            return items[k][0], bad
+    return None
 
 
 #: What a user can do about a checkpoint with NaN or Inf in it.

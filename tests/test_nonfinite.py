@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from svdtool.errors import SvdtoolError
-from svdtool.nonfinite import NonFinite, TimedCheck, nonfinite, require_finite
+from svdtool.nonfinite import NonFinite, TimedCheck, first_nonfinite, nonfinite, require_finite
 from tests.helpers import run_cli
 
 BROKEN = "model.layers.1.self_attn.q_proj.weight"
@@ -39,6 +39,18 @@ def test_overflowing_sum_of_finite_values_is_finite() -> None:
     assert nonfinite(big) is None
     assert nonfinite(torch.full((4, 4), 3e38)) is None
     assert nonfinite(torch.ones(3, 3, dtype=torch.int64)) is None and nonfinite(torch.empty(0, 5)) is None
+
+
+def test_first_nonfinite_of_many() -> None:
+    good = [(f"w{i}", torch.randn(5, 5)) for i in range(4)]
+    assert first_nonfinite(good) is None
+    overflow = ("big", torch.full((8, 8), 6e4, dtype=torch.float16))  # a non-finite sum, finite values
+    bad = torch.zeros(3, 3, dtype=torch.bfloat16)
+    bad[0, 0] = float("-inf")
+    assert first_nonfinite([*good[:2], overflow, ("ints", torch.ones(2, dtype=torch.int64)), ("bad", bad)]) == (
+        "bad",
+        NonFinite(0, 0, 1),
+    )
 
 
 def test_require_and_timed_check() -> None:

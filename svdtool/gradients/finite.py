@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from svdtool.errors import SvdtoolError
-from svdtool.nonfinite import nonfinite, require_finite
+from svdtool.nonfinite import first_nonfinite, refusal
 
 if TYPE_CHECKING:
     import torch
@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 
 
 def check_weights(model: nn.Module) -> None:
-    """Refuse a model with NaN or ±Inf in any parameter (one reduction each, on the device), naming it."""
-    for name, p in model.named_parameters():
-        require_finite(p.detach(), name)
+    """Refuse a model with NaN or ±Inf in any parameter (one reduction each on the device, one sync), naming it."""
+    found = first_nonfinite((name, p.detach()) for name, p in model.named_parameters())
+    if found is not None:
+        raise refusal(*found)
 
 
 def check_folded(states: Mapping[str, Any], model: nn.Module, micro: list[MicroBatch], device: torch.device) -> None:
@@ -32,12 +33,14 @@ def check_folded(states: Mapping[str, Any], model: nn.Module, micro: list[MicroB
 
     The message names the layer and the first calibration batch whose loss is NaN or ±Inf.
     """
+    parts = []
     for name, st in states.items():
-        parts = [st.acc] if hasattr(st, "acc") else [st.y, st.w]  # ExactFold | SketchFold
-        bad = next((b for b in map(nonfinite, parts) if b is not None), None)
-        if bad is not None:
-            why = _culprit(model, micro, device)
-            raise SvdtoolError(f"the gradient of {name} has non-finite values ({bad}): {why}")
+        parts += [(name, st.acc)] if hasattr(st, "acc") else [(name, st.y), (name, st.w)]  # Exact | SketchFold
+    found = first_nonfinite(parts)
+    if found is not None:
+        name, bad = found
+        why = _culprit(model, micro, device)
+        raise SvdtoolError(f"the gradient of {name} has non-finite values ({bad}): {why}")
 
 
 def _culprit(model: nn.Module, micro: list[MicroBatch], device: torch.device) -> str:
