@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,16 +106,20 @@ class ShardSet:
         self._where: dict[str, tuple[int, int, Planned]] = {}
         self._written: set[str] = set()
         self._lock = threading.Lock()
+        self._paths: dict[int, Path] = {}
         for shard, fname in zip(shards, names, strict=True):
-            fd = os.open(folder / fname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            path = folder / fname
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             self._fds.append(fd)
+            self._paths[fd] = path
             head = _header(shard, metadata or {"format": "pt"})
-            _pwrite_all(fd, memoryview(head), 0)
             offset = len(head)
             for e in shard:
                 self._where[e.name] = (fd, offset, e)
                 offset += e.nbytes
-            os.ftruncate(fd, offset)  # the full size now; pwrites fill it in
+            with self._naming(fd):
+                _pwrite_all(fd, memoryview(head), 0)
+                os.ftruncate(fd, offset)  # the full size now; pwrites fill it in
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write one planned tensor; its dtype, shape and size must match the plan. Thread-safe."""
@@ -125,9 +131,20 @@ class ShardSet:
         if got != (e.code, e.shape, e.nbytes):
             raise ValueError(f"{name}: got {got}, planned {(e.code, e.shape, e.nbytes)}")
         if e.nbytes:
-            _pwrite_all(fd, tensor_bytes(tensor), offset)
+            with self._naming(fd):
+                _pwrite_all(fd, tensor_bytes(tensor), offset)
         with self._lock:
             self._written.add(name)
+
+    @contextmanager
+    def _naming(self, fd: int) -> Iterator[None]:
+        """An OSError of a call on ``fd`` (which names no file) re-raised with the file's path."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(self._paths[fd])) from None
 
     def close(self) -> None:
         """Close the files; raises when a planned tensor was never written."""

@@ -160,10 +160,11 @@ class Writers:
                 self._busy += time.perf_counter() - t0
             self._slots.release()
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the writes; ``cancel`` (a failed or interrupted run) drops those not yet started."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
         for f in self._futures:
-            if (exc := f.exception()) is not None:
+            if not f.cancelled() and (exc := f.exception()) is not None:
                 raise exc
 
 

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 RangeOpt = Annotated[str, typer.Option("--range", help="LO,HI band for the claim check (raw σ).")]
 ClaimOpt = Annotated[float, typer.Option("--claim", help="Claimed fraction of σ inside the band.")]
+StrictOpt = Annotated[
+    bool,
+    typer.Option("--strict", help="Exit 1 when a matrix was skipped for NaN or ±Inf values (default: warn, exit 0)."),
+]
 CpuWorkersOpt = Annotated[
     int | None,
     typer.Option(
@@ -58,6 +62,7 @@ def spectrum(
     out_dir: OutOpt = None,
     fmt: FormatOpt = OutputFormat.table,
     report: ReportOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Singular values of every 2-D weight, their metrics, and the "99% in [0.1, 1.1]" claim check.
 
@@ -87,14 +92,24 @@ def spectrum(
         command=["svdtool", *sys.argv[1:]],
     )
     run = run_spectrum(request, RichProgress())
-    _finish(run, out_dir, fmt, report)
+    _finish(run, out_dir, fmt, report, strict)
 
 
-def _finish(run: SpectrumRun, out_dir: Path | None, fmt: OutputFormat, report: Path | None) -> None:
+def _finish(run: SpectrumRun, out_dir: Path | None, fmt: OutputFormat, report: Path | None, strict: bool) -> None:
     from svdtool.commands.spectrum import write_spectrum
+    from svdtool.errors import CheckFailed
 
     written = write_spectrum(run, out_dir) if out_dir is not None else []
     deliver(run.result, fmt=fmt, table=print_summary, written=written, report=report, sigmas=run.sigmas)
+    broken = [s for s in run.result.skipped if s.nonfinite]
+    if not broken:
+        return
+    listing = "; ".join(f"{s.name} ({s.reason.removeprefix('non-finite values: ')})" for s in broken[:3])
+    more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+    line = f"{len(broken)} matrices with NaN or ±Inf values were skipped: {listing}{more}"
+    if strict:
+        raise CheckFailed(line + " (--strict)")
+    err.print(f"[bold yellow]warning:[/] {line}", highlight=False)
 
 
 def print_summary(result: SpectrumResult) -> None:
@@ -136,7 +151,11 @@ def print_summary(result: SpectrumResult) -> None:
         )
     out.print(t2)
     if result.skipped:
-        out.print(f"skipped {len(result.skipped)} tensors: " + ", ".join(s.name for s in result.skipped[:5]))
+        out.print(
+            f"skipped {len(result.skipped)} tensors: "
+            + ", ".join(s.name + (f" ({s.reason})" if s.nonfinite else "") for s in result.skipped[:5]),
+            highlight=False,
+        )
     colour = "green" if c.holds_with_embeddings else "red"
     out.print(f"[bold {colour}]verdict:[/] {c.verdict}", highlight=False)
 
@@ -165,4 +184,4 @@ def demo(
     err.print(f"checkpoint: {folder}", highlight=False)
     request = SpectrumRequest(model=str(folder), device=device, command=["svdtool", *sys.argv[1:]])
     run = run_spectrum(request, RichProgress())
-    _finish(run, out_dir, fmt, report)
+    _finish(run, out_dir, fmt, report, strict=False)

@@ -14,6 +14,7 @@ Finished matrices return to this thread, which refines small singular values on 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,7 +58,9 @@ def start_pool(processes: int) -> ProcessPoolExecutor | None:
     # spawn, not fork: the parent holds a CUDA context and threads. The processes start during the
     # submits below and inherit the environment of that moment: one BLAS thread each, as the band
     # solver gains nothing from more and idle BLAS threads spinning in every process cost cores.
-    pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"))
+    # The processes ignore SIGINT: a Ctrl-C reaches the whole process group, and the parent alone shuts
+    # the pool down (each process would otherwise print its own KeyboardInterrupt traceback).
+    pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=_ignore_sigint)
     saved = {k: os.environ.get(k) for k in _THREAD_VARS}
     os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))
     try:
@@ -70,6 +73,10 @@ def start_pool(processes: int) -> ProcessPoolExecutor | None:
             else:
                 os.environ[k] = v
     return pool
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def solve_stream(

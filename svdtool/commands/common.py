@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svdtool import __version__
-from svdtool.errors import SvdtoolError
+from svdtool.errors import SvdtoolError, writing
+from svdtool.interrupts import deferred
 from svdtool.results.base import atomic_write_bytes, dumps
 from svdtool.results.manifest import RunManifest
 from svdtool.runtime import Progress, SilentProgress, describe_device, resolve_device
@@ -118,10 +120,16 @@ def write_result_with_sigmas(
     import torch
     from safetensors.torch import save
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {name: torch.from_numpy(np.ascontiguousarray(s)) for name, s in sigmas.items()}
-    sidecar = out_dir / sidecar_name
-    atomic_write_bytes(sidecar, save(tensors, metadata={"format": tag, "order": "descending"}))
-    js = out_dir / json_name
-    atomic_write_bytes(js, dumps(result).encode())
+    sidecar, js = out_dir / sidecar_name, out_dir / json_name
+    created = not out_dir.exists()
+    try:
+        with writing(out_dir), deferred():  # the pair is written whole (it takes milliseconds)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(sidecar, save(tensors, metadata={"format": tag, "order": "descending"}))
+            atomic_write_bytes(js, dumps(result).encode())
+    except BaseException:
+        if created:  # a folder this run made holds nothing worth keeping
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     return [js, sidecar]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from svdtool import cuda_graphs, naming
 from svdtool.adapters import layout as lay
 from svdtool.adapters.folder import aux_source, write_folder
-from svdtool.adapters.output import check_target, copy_aux_files, staged_folder
+from svdtool.adapters.output import check_target, copy_aux_files, ensure_space, staged_folder
 from svdtool.adapters.peft_format import ADAPTER_WEIGHTS, adapter_dirname, lora_key
 from svdtool.adapters.safetensors_out import (
     DEFAULT_SHARD_BYTES,
@@ -55,7 +55,9 @@ from svdtool.commands.init_layers import (
 )
 from svdtool.errors import SvdtoolError
 from svdtool.loading import Checkpoint, TensorInfo, open_checkpoint, parse_model_spec
+from svdtool.loading.checks import check_config_shapes
 from svdtool.methods import InitOptions, MethodSpec, get_method
+from svdtool.nonfinite import TimedCheck
 from svdtool.results.base import atomic_write_bytes
 from svdtool.results.init import RECONSTRUCTION_TOL, InitResult, InitSettings, LayerInit
 
@@ -161,6 +163,11 @@ def _open(req: InitRequest) -> Checkpoint:
     if not ckpt.meta.config:
         ckpt.close()
         raise SvdtoolError(f"{req.model} has no config.json: init writes a full Hugging Face checkpoint and needs it")
+    try:
+        check_config_shapes(ckpt.meta.config, ckpt.tensors(), req.model)
+    except SvdtoolError:
+        ckpt.close()
+        raise
     return ckpt
 
 
@@ -179,6 +186,8 @@ def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
         targets = select_targets(layout, infos, req.targets, req.rank)
         for note in layout.notes:
             progress.message(note)
+        # Before minutes of gradient work: room for the output on the target file system.
+        ensure_space(req.out, planned_bytes([] if spec.keeps_base else infos, targets))
         alpha = float(req.alpha if req.alpha is not None else req.rank)
         estimate = spec.needs_gradient and req.gradients is None and req.gradient_request is not None
         # With uniform ranks the init stream can start beside the estimate (_estimate_and_stream); an allocation
@@ -200,7 +209,7 @@ def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
         targets, allocation = allocate(req.rank_alloc, targets, req.rank, ctx, progress)
         extra = method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra)
         opts = InitOptions(rank=req.rank, alpha=alpha, use_rslora=req.use_rslora, extra=extra)
-        with staged_folder(req.out, req.overwrite) as tmp:
+        with staged_folder(req.out, req.overwrite, progress.message) as tmp:
             if overlap:
                 prepare = round(time.perf_counter() - t_start, 4)
                 req, (layers, timings, files) = _estimate_and_stream(
@@ -284,6 +293,19 @@ def _estimate_and_stream(
     return replace(req, extra={**req.extra, **provenance}), (layers, timings, files)
 
 
+#: Room for the small files (config, tokenizer, svdtool.json, card, index, safetensors headers).
+SMALL_FILES_BYTES = 64 * 2**20
+
+
+def planned_bytes(residual: list[TensorInfo], targets: list[Target]) -> int:
+    """What the init folder will take on disk: the residual (if any), the adapter, a margin for the small files.
+
+    Ranks are those before a ``--rank-alloc`` (the adapter is small beside the residual).
+    """
+    adapter = sum(4 * t.rank * (t.in_features + t.out_features) for t in targets)
+    return sum(i.nbytes for i in residual) + adapter + SMALL_FILES_BYTES
+
+
 def _plans(infos: list[TensorInfo], targets: list[Target], max_bytes: int) -> tuple[list[list[Planned]], list[Planned]]:
     residual = [Planned(i.name, dtype_code(i.dtype), tuple(i.shape), i.nbytes) for i in infos]
     adapter = []
@@ -329,6 +351,7 @@ def _stream(
     copier = HostCopier(device, biggest) if device.type == "cuda" else None
     reader = Prefetcher(ckpt, order, lambda i: device if i.name in by_name else None)
     layers: list[LayerInit] = []
+    check = TimedCheck()
     read_s = math_s = 0.0
     progress.start(f"{spec.name} r={opts.rank}", len(infos), sum(i.nbytes for i in infos))
     sets = [x for x in (residual, adapter) if x is not None]
@@ -344,6 +367,7 @@ def _stream(
                 assert residual is not None  # keeps_base streams the targets only
                 writers.submit(residual.write, info.name, tensor)
             else:
+                check.require(tensor, info.name)  # before any math: one reduction on the device
                 # The lookup may wait for the estimate (LoRA-GA's overlapped stream): not under the lock.
                 grad = lookup_gradient(req.gradients, t) if spec.needs_gradient and req.gradients else None
                 t0 = time.perf_counter()
@@ -374,7 +398,12 @@ def _stream(
     layers.sort(key=lambda x: position[x.name])  # checkpoint order, whatever the reading order
     if residual is not None:
         atomic_write_bytes(tmp / INDEX_NAME, (json.dumps(residual.index(), indent=2) + "\n").encode())
-    timings = {"read": round(read_s, 4), "math": round(math_s, 4), "write": round(writers.seconds, 4)}
+    timings = {
+        "read": round(read_s, 4),
+        "check": round(check.seconds, 4),
+        "math": round(math_s, 4),
+        "write": round(writers.seconds, 4),
+    }
     return layers, timings, names
 
 
@@ -388,9 +417,11 @@ def _write_fetched(out: ShardSet, name: str, fetch: Callable[[], tuple[torch.Ten
 
 def _close(writers: Writers, *sets: ShardSet, raise_errors: bool) -> None:
     """Join the writers and close the files; on the error path, only clean up (the first error wins)."""
+    failed = False
     try:
-        writers.close()
+        writers.close(cancel=not raise_errors)  # the output of a failed run is deleted: skip queued writes
     except Exception:
+        failed = True  # a write failed: the tensors it did not write are no news
         if raise_errors:
             raise
     finally:
@@ -398,7 +429,7 @@ def _close(writers: Writers, *sets: ShardSet, raise_errors: bool) -> None:
             try:
                 shard_set.close()
             except ValueError:
-                if raise_errors:
+                if raise_errors and not failed:
                     raise
 
 

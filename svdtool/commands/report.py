@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svdtool.errors import SvdtoolError
+from svdtool.errors import SvdtoolError, writing
 from svdtool.results.base import atomic_write_bytes, from_dict
 from svdtool.results.coverage import CoverageResult
 from svdtool.results.init import InitResult
@@ -102,7 +102,8 @@ def write_report(inputs: ReportInputs, path: Path, generated: str | None = None)
     if path.is_dir():
         raise SvdtoolError(f"-o {path} is a folder; give a file name such as {path / 'report.html'}")
     html = render(inputs, generated=generated)
-    atomic_write_bytes(path, html.encode("utf-8"))
+    with writing(path):
+        atomic_write_bytes(path, html.encode("utf-8"))
     return path
 
 

@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -71,10 +71,13 @@ def compute_all(
     workers: list[Worker],
     on_done: Callable[[Computed], None],
     helpers: int = 0,
-) -> Iterator[Computed]:
+    keep: Callable[[TensorInfo, torch.Tensor], bool] | None = None,
+) -> Generator[Computed, None, None]:
     """Yield one :class:`Computed` per tensor, in completion order; ``on_done`` is called under a lock.
 
     ``helpers`` CPU processes finish the GPU worker's eigen-solves (see :func:`plan_workers`).
+    ``keep(info, W)``, called on the reader thread with W on the device, drops a tensor when it returns
+    False (``spectrum`` skips matrices with NaN or ±Inf before any math).
     """
     import torch
 
@@ -93,7 +96,10 @@ def compute_all(
                 w = ckpt.read(info)
                 if upload is not None:
                     w = w.to(upload)  # synchronous upload in the source dtype; cast happens on the GPU
-                tasks.put((index, info, w, time.perf_counter() - t0))
+                t_read = time.perf_counter() - t0
+                if keep is not None and not keep(info, w):
+                    continue
+                tasks.put((index, info, w, t_read))
         except BaseException as exc:
             results.put(exc)
             stop.set()
@@ -144,12 +150,20 @@ def compute_all(
                 yield item
     finally:
         stop.set()
-        # Unblock the reader if it waits on a full queue, then let every thread finish.
+        # Unblock the reader if it waits on a full queue; once it is gone (its end-of-work markers may have
+        # been drained here), wake the workers that wait for work; then let every thread finish.
         while any(t.is_alive() for t in threads):
-            try:
-                tasks.get_nowait()
-            except queue.Empty:
-                pass
+            if threads[0].is_alive():
+                try:
+                    tasks.get_nowait()
+                except queue.Empty:
+                    pass
+            else:
+                for _ in workers:
+                    try:
+                        tasks.put_nowait(None)
+                    except queue.Full:
+                        break
             for t in threads:
                 t.join(timeout=0.05)
         if pool is not None:

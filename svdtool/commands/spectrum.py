@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from svdtool.commands.common import (
 from svdtool.commands.spectra_pool import Computed, compute_all, plan_workers
 from svdtool.errors import SvdtoolError
 from svdtool.loading import FLOAT_DTYPES, GGUF_PREFIX, Checkpoint, TensorInfo, open_checkpoint
+from svdtool.nonfinite import ADVICE, TimedCheck
 from svdtool.results.spectrum import SkippedTensor, SpectrumOptions, SpectrumResult
 from svdtool.spectrum import claim_check, matrix_spectrum, summarize
 
@@ -116,15 +118,34 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
         progress.start("spectra", len(infos), sum(i.nbytes for i in infos))
         workers, helpers = plan_workers(device, req.cpu_workers)
         done: list[Computed] = []
+        check = TimedCheck()
+        broken: list[SkippedTensor] = []
+
+        def keep(info: TensorInfo, w: torch.Tensor) -> bool:
+            """Before any math: a matrix with NaN or ±Inf is skipped, with its counts (reader thread)."""
+            bad = check.counts(w)
+            if bad is None:
+                return True
+            broken.append(SkippedTensor(info.name, list(info.shape), f"non-finite values: {bad}", *astuple(bad)))
+            progress.advance(info.name, info.nbytes)
+            return False
+
         # Float64 products never use TF32; turn it off anyway so no Gram product can be float32-TF32.
         prev_tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
-            for c in compute_all(ckpt, infos, workers, lambda c: progress.advance(c.info.name, c.info.nbytes), helpers):
-                done.append(c)
+            on_done = lambda c: progress.advance(c.info.name, c.info.nbytes)  # noqa: E731
+            # closing(): an interrupt between two items must still stop and join the threads, here and now.
+            with closing(compute_all(ckpt, infos, workers, on_done, helpers, keep)) as computed:
+                for c in computed:
+                    done.append(c)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev_tf32
             progress.finish()
+    order = {info.name: k for k, info in enumerate(infos)}
+    skipped = sorted(broken, key=lambda s: order[s.name]) + skipped  # the damaged ones first
+    if not done:
+        raise SvdtoolError(f"every selected matrix of {req.model} has non-finite values (NaN or ±Inf): {ADVICE}")
     done.sort(key=lambda c: c.index)
     matrices, sigmas, pairs = [], {}, []
     for c in done:
@@ -156,7 +177,7 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
             dtypes=dict(Counter(m.dtype for m in matrices)),
             methods=dict(Counter(m.method for m in matrices)),
             started=started,
-            timings={"open": t_open, "read": read_s, "math": math_s, "total": total},
+            timings={"open": t_open, "read": read_s, "check": check.seconds, "math": math_s, "total": total},
         ),
         options=SpectrumOptions(
             ranks=list(req.ranks),

@@ -32,6 +32,7 @@ from svdtool.commands.common import Progress, SilentProgress, resolve_device, ve
 from svdtool.errors import SvdtoolError
 from svdtool.loading import Checkpoint, open_checkpoint
 from svdtool.methods.quantized import config_of, load_errors
+from svdtool.nonfinite import require_finite
 from svdtool.results.base import load_json
 from svdtool.results.init import RECONSTRUCTION_TOL, InitResult, VerifyLayer, VerifyResult
 
@@ -114,6 +115,7 @@ def check_tensors(
 
     kept = residual is None
     res_infos = {i.name: i for i in (orig if residual is None else residual).tensors()}
+    init_dir = adir.parent
     targets = {x.name: x for x in init.layers}
     layers, mismatched, missing = [], [], []
     checked = 0
@@ -135,6 +137,10 @@ def check_tensors(
                     w = orig.read(info).to(device=device)
                     a = adapter.get_tensor(ka).to(device=device, dtype=torch.float64)
                     b = adapter.get_tensor(kb).to(device=device, dtype=torch.float64)
+                    # Before any math: NaN or ±Inf in W, A or B (W_res below) is refused, naming the file.
+                    require_finite(w, f"{info.name} of the original")
+                    require_finite(a, f"{ka} in {adir}")
+                    require_finite(b, f"{kb} in {adir}")
                     w = w.T if x.transposed else w
                     if residual is None:
                         w = w.to(torch.float64)
@@ -142,6 +148,7 @@ def check_tensors(
                         tol = RECONSTRUCTION_TOL["fp32"]  # the adapter is float32; W is not rounded
                     else:
                         w_res = residual.read(mine).to(device=device)
+                        require_finite(w_res, f"{info.name} of the residual in {init_dir}")
                         w_res = w_res.T if x.transposed else w_res
                         if init.quantization:  # the trainer's NF4 load of W_res, against plain NF4 of W
                             err, tol = load_errors(w, w_res, a, b, s, config_of(init.quantization))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from svdtool.gradients import fold as folds
+from svdtool.gradients.finite import check_folded
 from svdtool.gradients.graphed import GraphStats
 from svdtool.gradients.model import Target, blocks
 from svdtool.gradients.passes import MicroBatch, PassPlan, Timer, check_chain, run_pass, stage
@@ -194,6 +195,7 @@ def compute_gradients(
                 for h in handles:
                     h.remove()
                 live.clear()  # the step callback must not keep this group's accumulators alive
+            check_folded(states, model, micro, device)  # one reduction per target; names layer and batch
             keep = settings.keep_on_device or gi == len(groups) - 1
             t_finish = timer()
             for name, st in states.items():

@@ -25,6 +25,7 @@ from svdtool.calibration import CalibRequest, prepare_calibration
 from svdtool.calibration.encode import pad_id
 from svdtool.errors import SvdtoolError
 from svdtool.gradients.compute import SKETCH_OVERSAMPLE, ComputeSettings, compute_gradients, micro_batches
+from svdtool.gradients.finite import check_weights
 from svdtool.gradients.graphed import width_multiple
 from svdtool.gradients.model import Target, find_targets, load_weights, model_shape, open_model
 from svdtool.gradients.passes import Timer
@@ -159,6 +160,7 @@ def estimate_gradients(
     )
     progress.message(f"gradient passes: {plan.groups} group(s), micro-batch {plan.micro_batch_size} ({plan.reason})")
     model = load_weights(src, device)
+    check_weights(model)  # NaN or ±Inf in a weight: refused before any pass
     lap("load")
     targets = find_targets(model, req.targets, {i.name for i in infos} if infos else None)
     micro = micro_batches(calib.items, bs, plan.micro_batch_size, pad_id(src.tokenizer), multiple)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from svdtool import naming
 from svdtool.errors import SvdtoolError
 from svdtool.gradients.plan import ModelShape
-from svdtool.loading import FLOAT_DTYPES, CheckpointMeta, TensorInfo, parse_model_spec
+from svdtool.loading import FLOAT_DTYPES, CheckpointMeta, TensorInfo, open_checkpoint, parse_model_spec
+from svdtool.loading.checks import check_config_shapes
 from svdtool.results.manifest import SourceFile
 
 if TYPE_CHECKING:
@@ -149,6 +150,8 @@ def open_model(
 
     folder, meta = model_folder(spec, revision, token)
     check_causal(meta.config, meta.description)
+    with open_checkpoint(str(folder)) as ckpt:  # headers only: a config.json that lies fails here, in one line
+        check_config_shapes(meta.config, ckpt.tensors(), meta.description)
     name, reason = resolve_dtype(dtype, meta.config, device)
     tok_source = tokenizer or str(folder)
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from svdtool.errors import SvdtoolError
 from svdtool.loading.base import FLOAT_DTYPES, GGUF_PREFIX, Checkpoint, CheckpointMeta, TensorInfo
+from svdtool.loading.checks import PICKLE_SUFFIXES, pickle_refusal
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -62,6 +63,8 @@ def open_checkpoint(
             from svdtool.loading.gguf_file import GGUFCheckpoint
 
             return GGUFCheckpoint(path, spec)
+        if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+            raise pickle_refusal(spec, path.name)
         if path.is_file() and path.suffix != ".safetensors":
             raise SvdtoolError(f"{spec} is neither a .safetensors nor a .gguf file")
         from svdtool.loading.safetensors_local import open_local

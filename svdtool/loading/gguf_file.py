@@ -17,6 +17,32 @@ if TYPE_CHECKING:
     import torch
 
 _FLOAT_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}
+#: GGUF's integer tensor types: listed by their dtype (spectrum skips them), never dequantized.
+_INT_NAMES = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
+
+
+def _check_types(tensors: Any, path: Path, gguf: Any) -> None:
+    """Refuse, at open, a float tensor type that this gguf package cannot dequantize."""
+    from gguf import quants
+
+    readable = {"F32", "F16", *_INT_NAMES, *(t.name for t in getattr(quants, "_type_traits", {}))}
+    for t in tensors:
+        if t.tensor_type.name not in readable:
+            version = getattr(gguf, "__version__", "") or _version("gguf")
+            raise SvdtoolError(
+                f"{path}: tensor {t.name} is stored as {t.tensor_type.name}, which the gguf package {version} "
+                "cannot dequantize: upgrade it (pip install -U gguf), or convert the file to F16 or Q8_0 with "
+                "llama.cpp's llama-quantize --allow-requantize"
+            )
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 class GGUFCheckpoint(Checkpoint):
@@ -29,9 +55,15 @@ class GGUFCheckpoint(Checkpoint):
             self._reader: Any = gguf.GGUFReader(str(path))
         except Exception as exc:  # the gguf package raises bare ValueError/struct errors on bad files
             raise SvdtoolError(f"{path} is not a readable GGUF file: {exc}") from None
-        self._by_name = {t.name: t for t in self._reader.tensors}
-        arch = self._reader.fields.get("general.architecture")
-        config: dict[str, object] = {"model_type": str(arch.contents())} if arch is not None else {}
+        try:
+            self._by_name = {t.name: t for t in self._reader.tensors}
+            _check_types(self._reader.tensors, path, gguf)
+            arch = self._reader.fields.get("general.architecture")
+            config: dict[str, object] = {"model_type": str(arch.contents())} if arch is not None else {}
+        except SvdtoolError:
+            raise
+        except Exception as exc:  # a header the gguf package parsed into nonsense
+            raise SvdtoolError(f"{path} is not a readable GGUF file: {exc}") from None
         self.meta = CheckpointMeta(
             description, "gguf", files=[SourceFile(path=path.name, size=path.stat().st_size)], config=config
         )
@@ -47,7 +79,7 @@ class GGUFCheckpoint(Checkpoint):
                 TensorInfo(
                     t.name,
                     shape,
-                    _FLOAT_NAMES.get(qtype, GGUF_PREFIX + qtype.lower()),
+                    _FLOAT_NAMES.get(qtype) or _INT_NAMES.get(qtype) or GGUF_PREFIX + qtype.lower(),
                     self._file,
                     int(t.n_bytes),
                 )

@@ -13,7 +13,6 @@ mid-download cannot mix shards of two commits. Hub failures become one-line :cla
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import sys
 from collections.abc import Iterable
@@ -22,8 +21,9 @@ from pathlib import Path
 
 from svdtool.errors import SvdtoolError
 from svdtool.loading.base import Checkpoint, CheckpointMeta
+from svdtool.loading.checks import PICKLE_SUFFIXES
 from svdtool.loading.hub_errors import hub_errors, offline_mode
-from svdtool.loading.safetensors_local import INDEX_NAME, SINGLE_NAME, LocalSafetensors, read_config
+from svdtool.loading.safetensors_local import INDEX_NAME, SINGLE_NAME, LocalSafetensors, index_shards, read_config
 
 CONFIG_NAME = "config.json"
 #: Root files a tokenizer / generation setup needs next to the weights (``svdtool init`` copies them).
@@ -100,14 +100,13 @@ def choose_weights(files: list[str], folder: Path, label: str) -> list[str]:
     """
     present = set(files)
     if INDEX_NAME in present:
-        try:
-            weight_map = json.loads((folder / INDEX_NAME).read_text())["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise SvdtoolError(f"{label}: {INDEX_NAME} is not a valid safetensors index (no weight_map)") from None
+        shards = index_shards(folder / INDEX_NAME, f"{label}: {INDEX_NAME}")
         missing = [s for s in shards if s not in present]
         if missing:
-            raise SvdtoolError(f"{label}: {INDEX_NAME} lists shards the repo does not have: {', '.join(missing[:3])}")
+            raise SvdtoolError(
+                f"{label}: {INDEX_NAME} lists shards the repo does not have: {', '.join(missing[:3])} (the repo "
+                "is broken at this revision: pick another with --revision, or tell its owners)"
+            )
         return shards
     if SINGLE_NAME in present:
         return [SINGLE_NAME]
@@ -121,6 +120,14 @@ def choose_weights(files: list[str], folder: Path, label: str) -> list[str]:
             f"{label} has no safetensors weights but has {gguf}: download that file and pass its path to svdtool"
         )
     if others:
+        pickles = [f for f in others if f.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise SvdtoolError(
+                f"{label} has no safetensors weights, only pickles (found {pickles[0]}); svdtool reads safetensors "
+                "only and never loads pickle files, which can run code: pick a revision that has safetensors "
+                "(an 'Adding safetensors' PR, @refs/pr/N), or convert it (https://huggingface.co/spaces/safetensors/"
+                "convert)"
+            )
         raise SvdtoolError(
             f"{label} has no safetensors weights (found {others[0]}); svdtool reads safetensors only: convert the "
             "checkpoint, or pick a revision that has safetensors (often an 'Adding safetensors' PR, @refs/pr/N)"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from svdtool.errors import SvdtoolError
 from svdtool.loading.base import Checkpoint, CheckpointMeta, TensorInfo
+from svdtool.loading.checks import check_unique
 from svdtool.loading.hub_errors import first_line, hub_errors, transport_errors
 from svdtool.loading.safetensors_local import MAX_HEADER, header_tensors, parse_header
 from svdtool.results.manifest import SourceFile
@@ -105,6 +106,7 @@ class HubStream(Checkpoint):
                     raise SvdtoolError(f"{repo_id}/{f} is corrupt: tensor {info.name!r} has the wrong byte size")
                 self._places[(f, info.name)] = (8 + n + int(entry["data_offsets"][0]), code)
                 self._infos.append(info)
+        check_unique(self._infos, repo_id)
 
     def _read_header(self, file: str) -> tuple[int, int, dict[str, Any]]:
         label = f"{self.repo_id}/{file}"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from svdtool.errors import SvdtoolError
 from svdtool.loading.base import SAFETENSORS_DTYPES, Checkpoint, CheckpointMeta, TensorInfo
+from svdtool.loading.checks import PICKLE_SUFFIXES, check_unique, pickle_refusal
 from svdtool.results.manifest import SourceFile
 
 if TYPE_CHECKING:
@@ -48,9 +49,11 @@ def parse_header(prefix: bytes, file_size: int, label: str) -> tuple[int, dict[s
             continue
         try:
             begin, stop = entry["data_offsets"]
-            entry["shape"] = [int(d) for d in entry["shape"]]
-            str(entry["dtype"])
+            shape = entry["shape"]
+            ok = all(type(x) is int for x in (begin, stop, *shape)) and isinstance(entry["dtype"], str)
         except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok or any(d < 0 for d in shape):
             raise SvdtoolError(f"{label} is corrupt: bad header entry for tensor {name!r}") from None
         if not 0 <= begin <= stop:
             raise SvdtoolError(f"{label} is corrupt: bad byte range for tensor {name!r}")
@@ -89,23 +92,41 @@ def header_tensors(header: dict[str, Any], file: str) -> list[TensorInfo]:
     ]
 
 
+def index_shards(index: Path, label: str) -> list[str]:
+    """The shard file names a ``model.safetensors.index.json`` maps tensors to (sorted, unique)."""
+    try:
+        weight_map = json.loads(index.read_bytes())["weight_map"]
+        ok = isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError):
+        ok = False
+    if not ok:
+        raise SvdtoolError(f"{label} is not a valid safetensors index (no weight_map of tensor -> file)")
+    shards = sorted(set(weight_map.values()))
+    bad = next((s for s in shards if not s or Path(s).is_absolute() or ".." in Path(s).parts), None)
+    if bad is not None:
+        raise SvdtoolError(f"{label} is not a valid safetensors index: shard {bad!r} is outside the checkpoint")
+    return shards
+
+
 def find_shards(folder: Path) -> list[str]:
     """Shard file names of a folder checkpoint, from the index when there is one."""
     index = folder / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise SvdtoolError(f"{index} is not a valid safetensors index (no weight_map)") from None
-        shards = sorted(set(weight_map.values()))
+        shards = index_shards(index, str(index))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
-            raise SvdtoolError(f"{folder} is missing shards listed in {INDEX_NAME}: {', '.join(missing[:3])}")
+            raise SvdtoolError(
+                f"{folder} is missing shards listed in {INDEX_NAME}: {', '.join(missing[:3])} (an interrupted "
+                "download or a partial copy: fetch the missing files again, or re-save the checkpoint)"
+            )
         return shards
     if (folder / SINGLE_NAME).is_file():
         return [SINGLE_NAME]
     found = sorted(p.name for p in folder.glob("*.safetensors") if not p.name.startswith("adapter_"))
     if not found:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+        if pickles:
+            raise pickle_refusal(str(folder), pickles[0])
         raise SvdtoolError(
             f"{folder} holds no safetensors weights (looked for {SINGLE_NAME}, {INDEX_NAME} and *.safetensors)"
         )
@@ -132,6 +153,7 @@ class LocalSafetensors(Checkpoint):
         for f in files:
             _, header = read_header(root / f)
             self._infos.extend(header_tensors(header, f))
+        check_unique(self._infos, str(root))
         meta.files = [SourceFile(path=f, size=(root / f).stat().st_size) for f in files]
         self.meta = meta
         self._open_file: str | None = None

@@ -81,6 +81,14 @@ class SkippedTensor:
     name: str
     shape: list[int]
     reason: str
+    # Elements that are NaN / +Inf / −Inf, for a matrix skipped because it has any (else all 0).
+    nan: int = 0
+    pos_inf: int = 0
+    neg_inf: int = 0
+
+    @property
+    def nonfinite(self) -> bool:
+        return bool(self.nan or self.pos_inf or self.neg_inf)
 
 
 @dataclass
