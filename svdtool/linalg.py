@@ -70,7 +70,7 @@ def singular_values(w: torch.Tensor, device: torch.device) -> tuple[np.ndarray, 
     """All singular values of a 2-D weight, descending, float64, with the method that computed them.
 
     Everything runs on ``device``; a GPU's eigen-solve here is cuSOLVER's one-stage ``syevd``
-    (:mod:`svdtool.commands.band_pool` shares the work with CPU cores instead).
+    (:mod:`svdtool.engine.band_pool` shares the work with CPU cores instead).
     """
     import torch
 

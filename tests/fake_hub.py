@@ -444,3 +444,20 @@ def _listing(files: dict[str, Blob], base: str, recursive: bool) -> list[dict[st
 def _entries(files: dict[str, Blob], wanted: list[str]) -> list[dict[str, object]]:
     dirs = _dirs(files)
     return [_entry(p, files) for p in wanted if p in files or p in dirs]
+
+
+def stream_bytes(folder: Path, shards: list[str], readers: int = 1) -> int:
+    """What ``spectrum --stream`` may fetch from ``folder``'s shards: each of ``readers`` processes reads
+    every shard's 8-byte length and header; every 2-D tensor's bytes are read once, by one of them."""
+    from svdtool.loading.safetensors_local import read_header
+
+    total = 0
+    for s in shards:
+        n, header = read_header(folder / s)
+        total += readers * (8 + n)
+        total += sum(
+            e["data_offsets"][1] - e["data_offsets"][0]
+            for k, e in header.items()
+            if k != "__metadata__" and len(e["shape"]) == 2
+        )
+    return total

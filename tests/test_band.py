@@ -12,7 +12,7 @@ import scipy.linalg as sl
 import torch
 
 from svdtool import band, linalg
-from svdtool.commands import band_pool
+from svdtool.engine import band_pool
 from tests.helpers import assert_close, matrix_with_spectrum
 
 CPU = torch.device("cpu")

@@ -12,7 +12,7 @@ import scipy.linalg as sl
 import torch
 
 from svdtool import band, bulge
-from svdtool.commands import band_pool
+from svdtool.engine import band_pool
 from tests import bulge_reference
 from tests.helpers import assert_close, matrix_with_spectrum
 

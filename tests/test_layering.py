@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "svdtool"
 # Modules that are pure math: they may import only the standard library, numpy/scipy/torch,
 # other math modules, results and errors.
 MATH = ["linalg", "spectrum", "coverage", "factorize", "sketch", "subspace", "methods"]
-IO_LAYERS = ["loading", "calibration", "gradients", "adapters", "report"]
+IO_LAYERS = ["engine", "loading", "calibration", "gradients", "adapters", "report"]
 FORBIDDEN_FOR_MATH = {"svdtool.cli", "svdtool.commands", *(f"svdtool.{m}" for m in IO_LAYERS)}
 
 

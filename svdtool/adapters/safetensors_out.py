@@ -157,9 +157,14 @@ class ShardSet:
 
     def index(self) -> dict[str, object]:
         """The ``model.safetensors.index.json`` content for the shards."""
-        total = sum(e.nbytes for shard in self._shards for e in shard)
-        weight_map = {e.name: self.names[i] for i, shard in enumerate(self._shards) for e in shard}
-        return {"metadata": {"total_size": total}, "weight_map": weight_map}
+        return shard_index(self._shards, self.names)
+
+
+def shard_index(shards: list[list[Planned]], names: list[str]) -> dict[str, object]:
+    """The ``model.safetensors.index.json`` content for planned shards (known before any is written)."""
+    total = sum(e.nbytes for shard in shards for e in shard)
+    weight_map = {e.name: names[i] for i, shard in enumerate(shards) for e in shard}
+    return {"metadata": {"total_size": total}, "weight_map": weight_map}
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:

@@ -29,6 +29,13 @@ if not out.is_terminal:
 err = Console(stderr=True, soft_wrap=True)
 
 
+def is_main() -> bool:
+    """False on the ranks other than 0 of a distributed run: they print nothing."""
+    from svdtool.engine.world import env_rank
+
+    return env_rank() == 0
+
+
 def emit_json(data: Any) -> None:
     """Strict JSON on stdout, for scripts."""
     sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
@@ -38,8 +45,8 @@ def emit_json(data: Any) -> None:
 class RichProgress:
     """A progress bar on stderr: items done of total, and MB/s over the bytes read."""
 
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
+    def __init__(self, quiet: bool | None = None) -> None:
+        self.quiet = not is_main() if quiet is None else quiet  # default: drawn by rank 0 only
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         self._bytes = 0
@@ -95,7 +102,9 @@ def deliver(
     sigmas: Any = None,
 ) -> None:
     """What every command does with its result: name the files written, write the ``--report``, then
-    print the JSON (``--format json``) or the human tables on stdout."""
+    print the JSON (``--format json``) or the human tables on stdout. Rank 0 only, under torchrun."""
+    if not is_main():
+        return
     for path in written:
         err.print(f"wrote {path}", highlight=False)
     if report is not None:

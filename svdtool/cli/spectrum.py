@@ -71,6 +71,10 @@ def spectrum(
       svdtool spectrum google/gemma-2-9b --stream --out gemma-spectrum
       svdtool spectrum ./my-model --include '*mlp*' --format json
       svdtool spectrum model.gguf --ranks 8,64 --range 0.05,2
+      torchrun --nproc-per-node 8 -m svdtool spectrum meta-llama/Llama-3.1-405B --stream --out spec405
+
+    Under torchrun (or any launcher setting WORLD_SIZE) each rank computes its share of the matrices
+    on its own GPU and rank 0 prints; see docs/distributed.md.
     """
     from svdtool.commands.common import parse_range, parse_ranks
     from svdtool.commands.spectrum import SpectrumRequest, run_spectrum
@@ -96,11 +100,13 @@ def spectrum(
 
 
 def _finish(run: SpectrumRun, out_dir: Path | None, fmt: OutputFormat, report: Path | None, strict: bool) -> None:
+    from svdtool.cli.console import is_main
     from svdtool.commands.spectrum import write_spectrum
     from svdtool.errors import CheckFailed
 
-    written = write_spectrum(run, out_dir) if out_dir is not None else []
-    deliver(run.result, fmt=fmt, table=print_summary, written=written, report=report, sigmas=run.sigmas)
+    if is_main():  # every rank holds the run; rank 0 writes and prints it
+        written = write_spectrum(run, out_dir) if out_dir is not None else []
+        deliver(run.result, fmt=fmt, table=print_summary, written=written, report=report, sigmas=run.sigmas)
     broken = [s for s in run.result.skipped if s.nonfinite]
     if not broken:
         return
@@ -109,7 +115,8 @@ def _finish(run: SpectrumRun, out_dir: Path | None, fmt: OutputFormat, report: P
     line = f"{len(broken)} matrices with NaN or ±Inf values were skipped: {listing}{more}"
     if strict:
         raise CheckFailed(line + " (--strict)")
-    err.print(f"[bold yellow]warning:[/] {line}", highlight=False)
+    if is_main():
+        err.print(f"[bold yellow]warning:[/] {line}", highlight=False)
 
 
 def print_summary(result: SpectrumResult) -> None:

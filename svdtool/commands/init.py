@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from svdtool import cuda_graphs, naming
 from svdtool.adapters import layout as lay
 from svdtool.adapters.folder import aux_source, write_folder
-from svdtool.adapters.output import check_target, copy_aux_files, ensure_space, staged_folder
+from svdtool.adapters.output import check_target, copy_aux_files, ensure_space
 from svdtool.adapters.peft_format import ADAPTER_WEIGHTS, adapter_dirname, lora_key
 from svdtool.adapters.safetensors_out import (
     DEFAULT_SHARD_BYTES,
@@ -41,8 +41,9 @@ from svdtool.adapters.safetensors_out import (
     shard_names,
 )
 from svdtool.adapters.streaming import HostCopier, Prefetcher, Writers
-from svdtool.commands.common import Progress, SilentProgress, describe_device, manifest, resolve_device, utc_now
+from svdtool.commands.common import Progress, SilentProgress, describe_device, manifest, utc_now
 from svdtool.commands.init_alloc import GainContext, allocate, check_rank_alloc, rank_cap
+from svdtool.commands.init_distributed import finish, owned_tensors, shard_jobs
 from svdtool.commands.init_feed import FeedClosed, GradientFeed, HandOver, device_stream
 from svdtool.commands.init_gradients import StoredLayout, lora_ga_gradients, method_extra
 from svdtool.commands.init_layers import (
@@ -53,6 +54,9 @@ from svdtool.commands.init_layers import (
     lookup_gradient,
     select_targets,
 )
+from svdtool.engine.staging import shared_staging
+from svdtool.engine.work import Share, request_fields
+from svdtool.engine.world import World, current
 from svdtool.errors import SvdtoolError
 from svdtool.loading import Checkpoint, TensorInfo, open_checkpoint, parse_model_spec
 from svdtool.loading.checks import check_config_shapes
@@ -171,19 +175,32 @@ def _open(req: InitRequest) -> Checkpoint:
     return ckpt
 
 
-def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
-    """Write the init folder ``req.out`` and return what ``svdtool.json`` holds."""
+def run_init(req: InitRequest, progress: Progress | None = None, world: World | None = None) -> InitResult:
+    """Write the init folder ``req.out`` and return what ``svdtool.json`` holds.
+
+    Under ``torchrun`` each rank computes and writes whole residual shard files (its share of the plan,
+    :mod:`svdtool.commands.init_distributed`); rank 0 writes the adapter, index, ``svdtool.json`` and card,
+    and publishes the folder once every rank has succeeded. Every rank returns the same result.
+    """
     progress = progress or SilentProgress()
-    spec = validate(req)
-    check_target(req.out, req.overwrite)
+    world = world or current()
+    with world.phase():
+        spec = validate(req)
+        if world.distributed and (spec.keeps_base or (spec.needs_gradient and req.gradients is None)):
+            what = "estimates its gradients" if spec.needs_gradient else "writes only an adapter"
+            raise SvdtoolError(
+                f"--method {spec.name} {what} in one process: run it without torchrun (see docs/distributed.md)"
+            )
+        check_target(req.out, req.overwrite)
+        device = world.device(req.device)
     started = utc_now()
     t_start = time.perf_counter()
-    device = resolve_device(req.device)
-    ckpt = _open(req)
+    ckpt = world.first_locally(lambda: _open(req))
     with ckpt:
-        infos = ckpt.tensors()
-        layout = lay.resolve_layout(ckpt.meta.config, infos)
-        targets = select_targets(layout, infos, req.targets, req.rank)
+        with world.phase():
+            infos = ckpt.tensors()
+            layout = lay.resolve_layout(ckpt.meta.config, infos)
+            targets = select_targets(layout, infos, req.targets, req.rank)
         for note in layout.notes:
             progress.message(note)
         # Before minutes of gradient work: room for the output on the target file system.
@@ -209,8 +226,19 @@ def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
         targets, allocation = allocate(req.rank_alloc, targets, req.rank, ctx, progress)
         extra = method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra)
         opts = InitOptions(rank=req.rank, alpha=alpha, use_rslora=req.use_rslora, extra=extra)
-        with staged_folder(req.out, req.overwrite, progress.message) as tmp:
-            if overlap:
+        shards, _ = _plans([] if spec.keeps_base else infos, targets, req.max_shard_bytes)
+        share = Share.of(world, shard_jobs(shards, targets), request_fields(req))
+        with shared_staging(world, req.out, req.overwrite, progress.message) as tmp:
+            if world.distributed:
+                kept: list[tuple[str, torch.Tensor]] = []
+                with world.phase():
+                    layers, timings, files = _stream(
+                        ckpt, infos, targets, spec, opts, req, device, tmp, progress, share=share, kept=kept
+                    )
+                adapter_dir = tmp / adapter_dirname(spec.name)
+                _, adapter_plan = _plans([], targets, req.max_shard_bytes)
+                layers, timings = finish(share, targets, layers, timings, kept, adapter_dir, adapter_plan, shards)
+            elif overlap:
                 prepare = round(time.perf_counter() - t_start, 4)
                 req, (layers, timings, files) = _estimate_and_stream(
                     ckpt, infos, targets, spec, opts, req, device, tmp, progress
@@ -218,13 +246,15 @@ def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
                 timings["prepare"] = prepare
             else:
                 layers, timings, files = _stream(ckpt, infos, targets, spec, opts, req, device, tmp, progress)
-            result = _result(req, spec, opts, ckpt, layout, targets, layers, files, device, started)
+            result = _result(req, spec, opts, ckpt, layout, targets, layers, files, device, started, world)
             result.allocation = allocation
             result.manifest.timings.update(timings)
-            if not spec.keeps_base:
-                result.copied_files = copy_aux_files(aux_source(ckpt, req.token), tmp)
-            result.manifest.timings["total"] = round(time.perf_counter() - t_start, 4)
-            write_folder(result, tmp, req.out.name)
+            with world.phase():
+                if world.main:
+                    if not spec.keeps_base:
+                        result.copied_files = copy_aux_files(aux_source(ckpt, req.token), tmp)
+                    result.manifest.timings["total"] = round(time.perf_counter() - t_start, 4)
+                    write_folder(result, tmp, req.out.name)
     return result
 
 
@@ -327,11 +357,15 @@ def _stream(
     tmp: Path,
     progress: Progress,
     read_order: list[TensorInfo] | None = None,
+    share: Share | None = None,
+    kept: list[tuple[str, torch.Tensor]] | None = None,
 ) -> tuple[list[LayerInit], dict[str, float], list[str]]:
     """Read every tensor once (in ``read_order``, default the checkpoint's), initialise the targets, write the
     residual and the adapter as it goes; the files keep the checkpoint's order whatever the reading order.
 
     With ``keeps_base`` only the targets are read and only the adapter is written (no residual, no index).
+    With a distributed ``share``, only this rank's shard files are read and written, and the factors go into
+    ``kept`` for rank 0 (:func:`svdtool.commands.init_distributed.finish` writes the adapter and the index).
     """
     import torch
 
@@ -343,9 +377,18 @@ def _stream(
     shards, adapter_plan = _plans([] if spec.keeps_base else infos, targets, req.max_shard_bytes)
     names = shard_names(len(shards)) if shards else []
     adapter_dir = tmp / adapter_dirname(spec.name)
-    adapter_dir.mkdir()
-    residual = ShardSet(tmp, shards, names) if shards else None
-    adapter = ShardSet(adapter_dir, [adapter_plan], [ADAPTER_WEIGHTS])
+    distributed = share is not None and share.world.distributed
+    mine = list(range(len(shards)))
+    if distributed:
+        assert share is not None
+        mine, owned = owned_tensors(share, shards)
+        infos = [i for i in infos if i.name in owned]
+        order = [i for i in order if i.name in owned]
+    residual = ShardSet(tmp, [shards[k] for k in mine], [names[k] for k in mine]) if mine else None
+    adapter = None
+    if not distributed:
+        adapter_dir.mkdir()
+        adapter = ShardSet(adapter_dir, [adapter_plan], [ADAPTER_WEIGHTS])
     writers = Writers()
     biggest = max(t.info.nbytes for t in targets)
     copier = HostCopier(device, biggest) if device.type == "cuda" else None
@@ -384,8 +427,11 @@ def _stream(
                     writers.submit(_write_fetched, residual, info.name, fetch)
                 else:
                     writers.submit(residual.write, info.name, stored)
-                writers.submit(adapter.write, lora_key(t.module, "A"), a_host)
-                writers.submit(adapter.write, lora_key(t.module, "B"), b_host)
+                for key, factor in ((lora_key(t.module, "A"), a_host), (lora_key(t.module, "B"), b_host)):
+                    if adapter is not None:
+                        writers.submit(adapter.write, key, factor)
+                    elif kept is not None:
+                        kept.append((key, factor))  # for rank 0
                 math_s += time.perf_counter() - t0
             progress.advance(info.name, info.nbytes)
         ok = True
@@ -396,7 +442,7 @@ def _stream(
         _close(writers, *sets, raise_errors=ok)
     position = {t.info.name: k for k, t in enumerate(targets)}
     layers.sort(key=lambda x: position[x.name])  # checkpoint order, whatever the reading order
-    if residual is not None:
+    if residual is not None and not distributed:
         atomic_write_bytes(tmp / INDEX_NAME, (json.dumps(residual.index(), indent=2) + "\n").encode())
     timings = {
         "read": round(read_s, 4),
@@ -444,6 +490,7 @@ def _result(
     files: list[str],
     device: torch.device,
     started: str,
+    world: World,
 ) -> InitResult:
     chosen = [t.module for t in targets]
     alloc = req.rank_alloc != "uniform"
@@ -493,7 +540,9 @@ def _result(
             "init",
             req.command,
             ckpt.meta,
-            device=describe_device(device),
+            device=f"{world.size} ranks, each {describe_device(device)}"
+            if world.distributed
+            else describe_device(device),
             dtypes=dict(dtypes),
             methods=dict(Counter(x.algorithm for x in layers)),
             started=started,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from contextlib import closing
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,11 +17,13 @@ from svdtool.commands.common import (
     SilentProgress,
     describe_device,
     manifest,
-    resolve_device,
     utc_now,
     write_result_with_sigmas,
 )
-from svdtool.commands.spectra_pool import Computed, compute_all, plan_workers
+from svdtool.engine.plan import Job, matrix_cost
+from svdtool.engine.pool import Computed, compute_all, plan_workers
+from svdtool.engine.work import Share, request_fields
+from svdtool.engine.world import World, current
 from svdtool.errors import SvdtoolError
 from svdtool.loading import FLOAT_DTYPES, GGUF_PREFIX, Checkpoint, TensorInfo, open_checkpoint
 from svdtool.nonfinite import ADVICE, TimedCheck
@@ -31,7 +33,7 @@ from svdtool.spectrum import claim_check, matrix_spectrum, summarize
 if TYPE_CHECKING:
     import torch
 
-    from svdtool.commands.spectra_pool import Worker
+    from svdtool.engine.pool import Worker
 
 
 @dataclass
@@ -47,7 +49,7 @@ class SpectrumRequest:
     hi: float = 1.1
     claimed: float = 0.99
     device: str = "auto"
-    cpu_workers: int | None = None  # None: as many as the cores allow (see spectra_pool.plan_workers)
+    cpu_workers: int | None = None  # None: as many as the cores allow (see engine.pool.plan_workers)
     command: list[str] = field(default_factory=list)
 
 
@@ -87,65 +89,122 @@ def plan(ckpt: Checkpoint, include: list[str], exclude: list[str]) -> tuple[list
     return chosen, skipped
 
 
-def _device_label(device: torch.device, workers: list[Worker], helpers: int) -> str:
+def _device_label(device: torch.device, workers: list[Worker], helpers: int, world: World) -> str:
     if device.type == "cuda" and helpers:
-        return f"{describe_device(device)} + {helpers} CPU processes for band eigenvalues"
-    if device.type == "cpu":
-        return f"{describe_device(device)}, {len(workers)} workers"
-    return describe_device(device)
+        label = f"{describe_device(device)} + {helpers} CPU processes for band eigenvalues"
+    elif device.type == "cpu":
+        label = f"{describe_device(device)}, {len(workers)} workers"
+    else:
+        label = describe_device(device)
+    return f"{world.size} ranks, each {label}" if world.distributed else label
 
 
-def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> SpectrumRun:
-    """Compute the spectrum of every selected 2-D weight of ``req.model``."""
-    import torch
+def run_spectrum(req: SpectrumRequest, progress: Progress | None = None, world: World | None = None) -> SpectrumRun:
+    """Compute the spectrum of every selected 2-D weight of ``req.model``.
 
+    Under ``torchrun`` each rank computes its share of the matrices (:mod:`svdtool.engine.work`); the
+    σ of every matrix are gathered on every rank, so every rank returns the same run (only rank 0 prints).
+    """
     progress = progress or SilentProgress()
+    world = world or current()
     started = utc_now()
     t_start = time.perf_counter()
-    device = resolve_device(req.device)
-    ckpt = open_checkpoint(req.model, revision=req.revision, token=req.token, stream=req.stream)
+    with world.phase():
+        device = world.device(req.device)
+    ckpt = world.first_locally(
+        lambda: open_checkpoint(req.model, revision=req.revision, token=req.token, stream=req.stream)
+    )
     t_open = time.perf_counter() - t_start
     with ckpt:
-        infos, skipped = plan(ckpt, req.include, req.exclude)
-        if not infos:
-            raise SvdtoolError(
-                f"no 2-D weight in {req.model} matches the selection"
-                + (f" (--include {','.join(req.include)})" if req.include else "")
-                + (f" (--exclude {','.join(req.exclude)})" if req.exclude else "")
-            )
+        with world.phase():
+            infos, skipped = _selection(ckpt, req)
+        share = Share.of(world, [Job(i.name, matrix_cost(i.shape, i.nbytes)) for i in infos], request_fields(req))
+        mine = share.mine
         for s in skipped:
             progress.message(f"skipping {s.name} {tuple(s.shape)}: {s.reason}")
-        progress.start("spectra", len(infos), sum(i.nbytes for i in infos))
-        workers, helpers = plan_workers(device, req.cpu_workers)
-        done: list[Computed] = []
+        label = "spectra" if not world.distributed else f"spectra, rank 0's {len(mine)} of {len(infos)}"
+        progress.start(label, len(mine), sum(infos[i].nbytes for i in mine))
+        workers, helpers = plan_workers(device, req.cpu_workers, world.cores())
         check = TimedCheck()
-        broken: list[SkippedTensor] = []
-
-        def keep(info: TensorInfo, w: torch.Tensor) -> bool:
-            """Before any math: a matrix with NaN or ±Inf is skipped, with its counts (reader thread)."""
-            bad = check.counts(w)
-            if bad is None:
-                return True
-            broken.append(SkippedTensor(info.name, list(info.shape), f"non-finite values: {bad}", *astuple(bad)))
-            progress.advance(info.name, info.nbytes)
-            return False
-
-        # Float64 products never use TF32; turn it off anyway so no Gram product can be float32-TF32.
-        prev_tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            on_done = lambda c: progress.advance(c.info.name, c.info.nbytes)  # noqa: E731
-            # closing(): an interrupt between two items must still stop and join the threads, here and now.
-            with closing(compute_all(ckpt, infos, workers, on_done, helpers, keep)) as computed:
-                for c in computed:
-                    done.append(c)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = prev_tf32
-            progress.finish()
+        with world.phase():
+            done, broken = _compute(ckpt, [infos[i] for i in mine], workers, helpers, progress, check)
+        # Back to positions in ``infos``: the results are ordered as in one process.
+        local = [replace(c, index=mine[c.index]) for c in done]
+        everything = share.collect([(local, broken, check.seconds)])
+    done = [c for part, _, _ in everything for c in part]
     order = {info.name: k for k, info in enumerate(infos)}
-    skipped = sorted(broken, key=lambda s: order[s.name]) + skipped  # the damaged ones first
+    damaged = sorted((x for _, part, _ in everything for x in part), key=lambda s: order[s.name])
+    skipped = damaged + skipped  # the damaged ones first
     if not done:
         raise SvdtoolError(f"every selected matrix of {req.model} has non-finite values (NaN or ±Inf): {ADVICE}")
+    label = _device_label(device, workers, helpers, world)
+    check_s = sum(x for _, _, x in everything)
+    return SpectrumRun(*_result(req, ckpt, done, skipped, label, started, t_open, t_start, check_s))
+
+
+def _selection(ckpt: Checkpoint, req: SpectrumRequest) -> tuple[list[TensorInfo], list[SkippedTensor]]:
+    infos, skipped = plan(ckpt, req.include, req.exclude)
+    if not infos:
+        raise SvdtoolError(
+            f"no 2-D weight in {req.model} matches the selection"
+            + (f" (--include {','.join(req.include)})" if req.include else "")
+            + (f" (--exclude {','.join(req.exclude)})" if req.exclude else "")
+        )
+    return infos, skipped
+
+
+def _compute(
+    ckpt: Checkpoint,
+    infos: list[TensorInfo],
+    workers: list[Worker],
+    helpers: int,
+    progress: Progress,
+    check: TimedCheck,
+) -> tuple[list[Computed], list[SkippedTensor]]:
+    """The local pool over ``infos``: one Computed per finite matrix (completion order), and the damaged ones."""
+    import torch
+
+    done: list[Computed] = []
+    broken: list[SkippedTensor] = []
+    if not infos:
+        progress.finish()
+        return done, broken
+
+    def keep(info: TensorInfo, w: torch.Tensor) -> bool:
+        """Before any math: a matrix with NaN or ±Inf is skipped, with its counts (reader thread)."""
+        bad = check.counts(w)
+        if bad is None:
+            return True
+        broken.append(SkippedTensor(info.name, list(info.shape), f"non-finite values: {bad}", *astuple(bad)))
+        progress.advance(info.name, info.nbytes)
+        return False
+
+    # Float64 products never use TF32; turn it off anyway so no Gram product can be float32-TF32.
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        on_done = lambda c: progress.advance(c.info.name, c.info.nbytes)  # noqa: E731
+        # closing(): an interrupt between two items must still stop and join the threads, here and now.
+        with closing(compute_all(ckpt, infos, workers, on_done, helpers, keep)) as computed:
+            for c in computed:
+                done.append(c)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+        progress.finish()
+    return done, broken
+
+
+def _result(
+    req: SpectrumRequest,
+    ckpt: Checkpoint,
+    done: list[Computed],
+    skipped: list[SkippedTensor],
+    device_label: str,
+    started: str,
+    t_open: float,
+    t_start: float,
+    check_s: float,
+) -> tuple[SpectrumResult, dict[str, np.ndarray]]:
     done.sort(key=lambda c: c.index)
     matrices, sigmas, pairs = [], {}, []
     for c in done:
@@ -173,11 +232,11 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
             "spectrum",
             req.command,
             ckpt.meta,
-            device=_device_label(device, workers, helpers),
+            device=device_label,
             dtypes=dict(Counter(m.dtype for m in matrices)),
             methods=dict(Counter(m.method for m in matrices)),
             started=started,
-            timings={"open": t_open, "read": read_s, "check": check.seconds, "math": math_s, "total": total},
+            timings={"open": t_open, "read": read_s, "check": check_s, "math": math_s, "total": total},
         ),
         options=SpectrumOptions(
             ranks=list(req.ranks),
@@ -193,7 +252,7 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
         claim=claim_check(pairs, lo=req.lo, hi=req.hi, claimed=req.claimed, is_embedding=naming.EMBEDDING_TYPES),
         skipped=skipped,
     )
-    return SpectrumRun(result, sigmas)
+    return result, sigmas
 
 
 def write_spectrum(run: SpectrumRun, out_dir: Path) -> list[Path]:

@@ -3,7 +3,7 @@
 One reader thread reads tensors in file order (and uploads them to the GPU when there is one);
 worker threads take them as they come. On a CPU, each worker is one core. On a GPU, one worker
 drives the GPU and a pool of CPU processes finishes its two-stage eigen-solves
-(:mod:`svdtool.commands.band_pool`).
+(:mod:`svdtool.engine.band_pool`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from svdtool import bulge
-from svdtool.commands import band_pool
+from svdtool.engine import band_pool
 from svdtool.loading import Checkpoint, TensorInfo
 
 if TYPE_CHECKING:
@@ -46,14 +46,15 @@ class Computed:
     worker: str
 
 
-def plan_workers(device: torch.device, cpu_workers: int | None) -> tuple[list[Worker], int]:
+def plan_workers(device: torch.device, cpu_workers: int | None, cores: int | None = None) -> tuple[list[Worker], int]:
     """Workers for ``device`` and the number of CPU processes helping a GPU (0 on a CPU).
 
-    ``cpu_workers`` None means: as many as the cores support.
+    ``cpu_workers`` None means: as many as the ``cores`` support (default: all of this machine's; a
+    rank of a distributed run gets its share, :meth:`svdtool.engine.world.World.cores`).
     """
     import torch
 
-    cores = os.cpu_count() or 1
+    cores = cores or os.cpu_count() or 1
     if device.type == "cuda" and bulge.available(device):
         return [Worker("gpu", device)], 0  # the GPU finishes its two-stage eigen-solves itself
     if device.type == "cuda":
