@@ -53,6 +53,7 @@ from svdtool.commands.init_layers import (
     lookup_gradient,
     select_targets,
 )
+from svdtool.commands.snr_targets import snr_percent, snr_targets
 from svdtool.errors import SvdtoolError
 from svdtool.loading import Checkpoint, TensorInfo, open_checkpoint, parse_model_spec
 from svdtool.loading.checks import check_config_shapes
@@ -183,7 +184,9 @@ def run_init(req: InitRequest, progress: Progress | None = None) -> InitResult:
     with ckpt:
         infos = ckpt.tensors()
         layout = lay.resolve_layout(ckpt.meta.config, infos)
-        targets = select_targets(layout, infos, req.targets, req.rank)
+        percent = snr_percent(req.targets)
+        tokens = req.targets if percent is None else snr_targets(ckpt, infos, percent, device, progress)
+        targets = select_targets(layout, infos, tokens, req.rank)
         for note in layout.notes:
             progress.message(note)
         # Before minutes of gradient work: room for the output on the target file system.

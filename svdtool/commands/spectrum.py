@@ -21,6 +21,8 @@ from svdtool.commands.common import (
     utc_now,
     write_result_with_sigmas,
 )
+from svdtool.commands.per_head import per_head_sigmas
+from svdtool.commands.snr_files import write_axolotl_files
 from svdtool.commands.spectra_pool import Computed, compute_all, plan_workers
 from svdtool.errors import SvdtoolError
 from svdtool.loading import FLOAT_DTYPES, GGUF_PREFIX, Checkpoint, TensorInfo, open_checkpoint
@@ -48,6 +50,7 @@ class SpectrumRequest:
     claimed: float = 0.99
     device: str = "auto"
     cpu_workers: int | None = None  # None: as many as the cores allow (see spectra_pool.plan_workers)
+    top_percent: int | None = None  # write Spectrum's selection of the top P% per type for Axolotl
     command: list[str] = field(default_factory=list)
 
 
@@ -87,6 +90,15 @@ def plan(ckpt: Checkpoint, include: list[str], exclude: list[str]) -> tuple[list
     return chosen, skipped
 
 
+def vector_weights(ckpt: Checkpoint, include: list[str], exclude: list[str]) -> list[str]:
+    """The selected 1-D ``.weight`` tensors (norms): Spectrum lists them with an SNR of Infinity."""
+    return [
+        i.name
+        for i in ckpt.tensors()
+        if len(i.shape) == 1 and i.name.endswith(".weight") and naming.selected(i.name, include, exclude)
+    ]
+
+
 def _device_label(device: torch.device, workers: list[Worker], helpers: int) -> str:
     if device.type == "cuda" and helpers:
         return f"{describe_device(device)} + {helpers} CPU processes for band eigenvalues"
@@ -107,6 +119,7 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
     t_open = time.perf_counter() - t_start
     with ckpt:
         infos, skipped = plan(ckpt, req.include, req.exclude)
+        vectors = vector_weights(ckpt, req.include, req.exclude)
         if not infos:
             raise SvdtoolError(
                 f"no 2-D weight in {req.model} matches the selection"
@@ -142,6 +155,7 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev_tf32
             progress.finish()
+        per_head = per_head_sigmas(ckpt, infos, device)
     order = {info.name: k for k, info in enumerate(infos)}
     skipped = sorted(broken, key=lambda s: order[s.name]) + skipped  # the damaged ones first
     if not done:
@@ -161,6 +175,7 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
             lo=req.lo,
             hi=req.hi,
             seconds=c.seconds,
+            device=str(device),
         )
         matrices.append(m)
         sigmas[c.info.name] = c.sigma
@@ -186,22 +201,30 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
             include=list(req.include),
             exclude=list(req.exclude),
             device=req.device,
+            top_percent=req.top_percent,
         ),
         matrices=matrices,
         by_module_type=summarize(matrices, "module_type", req.ranks, order=naming.type_sort_key),
         by_layer=summarize(matrices, "layer", req.ranks),
-        claim=claim_check(pairs, lo=req.lo, hi=req.hi, claimed=req.claimed, is_embedding=naming.EMBEDDING_TYPES),
+        claim=claim_check(
+            pairs, lo=req.lo, hi=req.hi, claimed=req.claimed, is_embedding=naming.EMBEDDING_TYPES, per_head=per_head
+        ),
         skipped=skipped,
+        vectors=vectors,
     )
     return SpectrumRun(result, sigmas)
 
 
 def write_spectrum(run: SpectrumRun, out_dir: Path) -> list[Path]:
-    """Write ``spectrum.json`` and the ``spectra.safetensors`` sidecar into ``out_dir``, each atomically."""
-    return write_result_with_sigmas(
+    """Write ``spectrum.json`` and the ``spectra.safetensors`` sidecar into ``out_dir``, each atomically,
+    and with ``top_percent`` set the Spectrum tool's SNR JSON and unfrozen-parameters YAML for Axolotl."""
+    written = write_result_with_sigmas(
         run.result, run.sigmas, out_dir, json_name=SpectrumResult.JSON, sidecar_name=SpectrumResult.SIDECAR,
         tag="svdtool-spectra",
     )  # fmt: skip
+    if run.result.options.top_percent is not None:
+        written += write_axolotl_files(run.result, out_dir, run.result.options.top_percent)
+    return written
 
 
 def load_sigmas(out_dir: Path) -> dict[str, np.ndarray]:

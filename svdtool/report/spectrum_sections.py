@@ -74,8 +74,10 @@ def claim_section(result: SpectrumResult, sigmas: dict[str, np.ndarray] | None) 
         title="The claim",
         intro=[
             f"Claim checked: at least {100 * c.claimed:g}% of all singular values lie in [{c.lo:g}, {c.hi:g}]. "
-            f"Raw σ are the singular values of the weights as stored; the other rows rescale each matrix first "
-            f"(by its σ₁, or by √max(n, m)). Embeddings: {', '.join(c.embeddings) or 'none'}."
+            f"Raw σ are the singular values of the weights as stored; two rows rescale each matrix first "
+            f"(by its σ₁, or by √max(n, m)); the per-head (Keras) row splits q/k/v/o into one matrix per attention "
+            f"head, as a Keras/JAX checkpoint stores them, before counting (other matrices as stored). "
+            f"Embeddings: {', '.join(c.embeddings) or 'none'}."
         ],
         callout=callout,
         tables=[fractions, groups],
