@@ -123,3 +123,13 @@ def test_mp_edge_finds_planted_spikes(shape: tuple[int, int]) -> None:
     assert bulk.spikes == 5
     assert_close(bulk.edge, bulk.sigma_e * (math.sqrt(max(shape)) + math.sqrt(k)), "metric")
     assert_close(bulk.softrank, bulk.edge**2 / sigma[0] ** 2, "metric")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_gpu_matches_cpu() -> None:
+    lam = 0.01 * _pareto(2.5, 4096, 11)
+    cpu = fit_power_law(torch.from_numpy(lam))
+    gpu = fit_power_law(torch.from_numpy(lam).cuda())
+    assert_close([gpu.alpha, gpu.xmin, gpu.D], [cpu.alpha, cpu.xmin, cpu.D], "metric")
+    assert gpu.num_pl_spikes == cpu.num_pl_spikes

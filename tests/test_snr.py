@@ -61,8 +61,10 @@ def test_smollm2_snr_and_axolotl_files(smollm2_dir: Path, tmp_path: Path, capsys
         if w.ndim == 1:
             assert data[module]["snr"] == math.inf  # norms: Infinity, as in Spectrum's files
         else:
-            assert_close(data[module]["snr"], spectrum_reference(w), "snr", name)
             assert data[module]["snr"] == matrices[name]["snr"]
+            # The float64 numpy reference on every matrix type, in the first and last block (CI time).
+            if naming.layer_index(name) in (0, 29):
+                assert_close(data[module]["snr"], spectrum_reference(w), "snr", name)
         assert data[module]["type"] == naming.spectrum_type(module)
     assert len(data) == len(weights)
     assert data["model.layers.3.self_attn.q_proj"]["type"] == "self_attn.q_proj"
