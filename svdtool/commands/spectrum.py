@@ -21,7 +21,7 @@ from svdtool.commands.common import (
     utc_now,
     write_result_with_sigmas,
 )
-from svdtool.commands.per_head import per_head_sigmas
+from svdtool.commands.per_head import PerHeadTap
 from svdtool.commands.snr_files import write_axolotl_files
 from svdtool.commands.spectra_pool import Computed, compute_all, plan_workers
 from svdtool.errors import SvdtoolError
@@ -130,6 +130,7 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
             progress.message(f"skipping {s.name} {tuple(s.shape)}: {s.reason}")
         progress.start("spectra", len(infos), sum(i.nbytes for i in infos))
         workers, helpers = plan_workers(device, req.cpu_workers)
+        tap = PerHeadTap(ckpt, device)  # per-head σ of q/k/v/o from the same single read of each tensor
         done: list[Computed] = []
         check = TimedCheck()
         broken: list[SkippedTensor] = []
@@ -149,13 +150,13 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None) -> Spec
         try:
             on_done = lambda c: progress.advance(c.info.name, c.info.nbytes)  # noqa: E731
             # closing(): an interrupt between two items must still stop and join the threads, here and now.
-            with closing(compute_all(ckpt, infos, workers, on_done, helpers, keep)) as computed:
+            with closing(compute_all(tap, infos, workers, on_done, helpers, keep)) as computed:
                 for c in computed:
                     done.append(c)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev_tf32
             progress.finish()
-        per_head = per_head_sigmas(ckpt, infos, device)
+        per_head = tap.sigmas
     order = {info.name: k for k, info in enumerate(infos)}
     skipped = sorted(broken, key=lambda s: order[s.name]) + skipped  # the damaged ones first
     if not done:
