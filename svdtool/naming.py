@@ -201,3 +201,58 @@ def is_adapter_target(name: str, targets: list[str]) -> bool:
         return False
     module = module_path(name)
     return not targets or any(target_matches(module, t) for t in targets)
+
+
+# ---------------------------------------------------------------- the Spectrum tool's names
+def spectrum_type(module: str) -> str:
+    """The Spectrum tool's "type" of a module: the path after the first numeric part, else the whole path.
+
+    ``model.layers.3.self_attn.q_proj`` → ``self_attn.q_proj``; ``model.embed_tokens`` → ``model.embed_tokens``
+    (as Spectrum's ``get_weight_types`` and its published ``snr_results_*.json`` files name them).
+    """
+    parts = module.split(".")
+    first = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    return module if first is None else ".".join(parts[first + 1 :])
+
+
+def spectrum_slug(model_id: str) -> str:
+    """Spectrum's and Axolotl's file-name slug of a model id: ``/`` and ``_`` become ``-``."""
+    return model_id.replace("/", "-").replace("_", "-")
+
+
+# ---------------------------------------------------------------- attention heads (the per-head claim reading)
+# Module types whose (out, in) weight holds one block per attention head, the config key giving the number of
+# heads, and the axis the heads are stacked along: q/k/v stack heads on the output rows, o on the input columns.
+# A Keras/JAX Gemma stores exactly these blocks as separate (heads, hidden, head_dim) kernels.
+_HEAD_LAYOUT: dict[str, tuple[str, int]] = {
+    "q_proj": ("num_attention_heads", 0),
+    "k_proj": ("num_key_value_heads", 0),
+    "v_proj": ("num_key_value_heads", 0),
+    "o_proj": ("num_attention_heads", 1),
+    "query": ("num_attention_heads", 0),
+    "key": ("num_attention_heads", 0),
+    "value": ("num_attention_heads", 0),
+    "attention.output": ("num_attention_heads", 1),
+}
+
+
+def head_blocks(name: str, shape: tuple[int, ...], config: dict[str, object] | None) -> tuple[int, int, int] | None:
+    """(heads, head_dim, axis) splitting weight ``name`` per attention head, or None when it is no such weight.
+
+    heads and head_dim come from the config as Keras reads them: ``num_key_value_heads`` for k/v (falling
+    back to ``num_attention_heads``), ``head_dim`` when given (Gemma-2-9B: 256, not hidden/heads = 224), else
+    hidden_size / num_attention_heads. None too when the shape does not hold heads × head_dim on that axis.
+    """
+    layout = _HEAD_LAYOUT.get(module_type(name))
+    if layout is None or not config or len(shape) != 2:
+        return None
+    key, axis = layout
+    heads = config.get(key) or config.get("num_attention_heads")
+    all_heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim")
+    hidden = config.get("hidden_size")
+    if not isinstance(head_dim, int) and isinstance(hidden, int) and isinstance(all_heads, int) and all_heads:
+        head_dim = hidden // all_heads
+    if not isinstance(heads, int) or not isinstance(head_dim, int) or heads * head_dim != shape[axis]:
+        return None
+    return heads, head_dim, axis

@@ -9,7 +9,9 @@ Definitions (k = min(n, m)):
 * stable rank ‖W‖_F²/σ₁²; nuclear norm Σσ; Frobenius norm √Σσ²;
 * effective rank (Roy & Vetterli 2007): exp(−Σ pᵢ ln pᵢ) with pᵢ = σᵢ/Σσ;
 * numerical rank #{σ > σ₁·max(n, m)·eps}, eps of float32 (float64 for float64 sources); the
-  condition number σ₁/σ_k is inf when the matrix is numerically rank-deficient.
+  condition number σ₁/σ_k is inf when the matrix is numerically rank-deficient;
+* WeightWatcher's columns (:mod:`svdtool.heavy_tail`), the MP bulk (:mod:`svdtool.mp`) and the SNR
+  scores (:mod:`svdtool.snr`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from svdtool.heavy_tail import ww_metrics
+from svdtool.mp import mp_bulk
 from svdtool.results.spectrum import ClaimCheck, ClaimFraction, GroupSummary, MatrixSpectrum
+from svdtool.snr import snr_mp, spectrum_snr
 
 ENERGY_LEVELS = (0.5, 0.9, 0.99)
-NORMALISATIONS = ("raw", "sigma/sigma1", "sigma/sqrt(max(n,m))")
+#: "per-head (Keras)": raw σ, with q/k/v/o split per attention head (svdtool.heads); other matrices as they are.
+PER_HEAD = "per-head (Keras)"
+NORMALISATIONS = ("raw", "sigma/sigma1", "sigma/sqrt(max(n,m))", PER_HEAD)
 
 
 def energy_curve(sigma: np.ndarray) -> np.ndarray:
@@ -74,8 +81,9 @@ def matrix_spectrum(
     lo: float,
     hi: float,
     seconds: float = 0.0,
+    device: str = "cpu",
 ) -> MatrixSpectrum:
-    """All per-matrix metrics from the singular values."""
+    """All per-matrix metrics from the singular values; the power-law fit runs on ``device``."""
     k = len(sigma)
     s1 = float(sigma[0]) if k else 0.0
     sk = float(sigma[-1]) if k else 0.0
@@ -85,6 +93,7 @@ def matrix_spectrum(
     curve = energy_curve(sigma)
     frob2 = float(np.square(sigma).sum())
     hits = in_range(sigma, lo, hi)
+    bulk = mp_bulk(sigma, shape)
     return MatrixSpectrum(
         name=name,
         module_type=module_type,
@@ -106,10 +115,36 @@ def matrix_spectrum(
         in_range=hits,
         in_range_fraction=hits / k if k else 0.0,
         seconds=seconds,
+        ww=ww_metrics(sigma, shape, device),
+        mp=bulk,
+        snr=spectrum_snr(sigma, shape),
+        snr_mp=snr_mp(sigma, bulk.edge),
     )
 
 
 T = TypeVar("T")
+
+#: Metrics averaged per group: WW's get_summary columns (less stable_rank, averaged above), then ours.
+ANALYTICS_MEANS: dict[str, Callable[[MatrixSpectrum], float | None]] = {
+    "alpha": lambda m: m.ww.alpha if m.ww else None,
+    "alpha_weighted": lambda m: m.ww.alpha_weighted if m.ww else None,
+    "log_alpha_norm": lambda m: m.ww.log_alpha_norm if m.ww else None,
+    "log_norm": lambda m: m.ww.log_norm if m.ww else None,
+    "log_spectral_norm": lambda m: m.ww.log_spectral_norm if m.ww else None,
+    "mp_softrank": lambda m: m.mp.softrank if m.mp else None,
+    "snr": lambda m: m.snr,
+    "snr_mp": lambda m: m.snr_mp,
+}
+
+
+def analytics_mean(matrices: Sequence[MatrixSpectrum]) -> dict[str, float]:
+    """Means of :data:`ANALYTICS_MEANS` over the matrices where each is finite (absent when none is)."""
+    out = {}
+    for key, get in ANALYTICS_MEANS.items():
+        values = [v for v in map(get, matrices) if v is not None and np.isfinite(v)]
+        if values:
+            out[key] = float(np.mean(values))
+    return out
 
 
 def group_by(
@@ -154,6 +189,7 @@ def summarize(
                 effective_rank_mean=sum(m.effective_rank for m in ms) / n,
                 energy_at_rank_mean={str(r): sum(m.energy_at_rank[str(r)] for m in ms) / n for r in ranks},
                 in_range_fraction=sum(m.in_range for m in ms) / values if values else 0.0,
+                analytics_mean=analytics_mean(ms),
             )
         )
     return out
@@ -166,15 +202,21 @@ def claim_check(
     hi: float,
     claimed: float = 0.99,
     is_embedding: frozenset[str],
+    per_head: dict[str, np.ndarray] | None = None,
 ) -> ClaimCheck:
-    """The fraction of all σ in [lo, hi], pooled over matrices, against ``claimed``."""
+    """The fraction of all σ in [lo, hi], pooled over matrices, against ``claimed``.
+
+    ``per_head`` (tensor name → σ of its heads) gives the per-head row; without it that row is left out.
+    """
     fractions = []
     for norm in NORMALISATIONS:
+        if norm == PER_HEAD and not per_head:
+            continue
         hit_w = tot_w = hit_wo = tot_wo = 0
         per_w: list[float] = []
         per_wo: list[float] = []
         for m, sigma in spectra:
-            values = normalised(sigma, m.shape, norm)
+            values = (per_head or {}).get(m.name, sigma) if norm == PER_HEAD else normalised(sigma, m.shape, norm)
             hits, total = in_range(values, lo, hi), len(values)
             hit_w, tot_w = hit_w + hits, tot_w + total
             per_w.append(hits / total if total else 0.0)

@@ -16,6 +16,8 @@ TOL: dict[str, tuple[float, float]] = {
     "fp32": (1e-5, 1e-6),  # float32 arithmetic
     "fp32_logits": (1e-4, 1e-4),  # model outputs through float32 layers
     "bf16": (1e-2, 1e-2),
+    "ww": (1e-6, 1e-9),  # WeightWatcher's columns (its scipy σ) against ours: same fit, σ agreeing to ~1e-12
+    "snr": (1e-6, 0.0),  # Spectrum SNR from svdtool σ against the formula on numpy float64 σ (the bound)
     "fraction4": (0.0, 5e-5),  # fractions that must agree to 4 decimals
     "svd_rel": (0.0, 1e-8),  # relative Frobenius distance of float64 truncated-SVD parts from the reference
     "orthonormal": (0.0, 1e-12),  # max |QᵀQ − I| of float64 singular vectors

@@ -47,6 +47,19 @@ def _independent(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]
     for norm in ("raw", "sigma/sigma1", "sigma/sqrt(max(n,m))"):
         fr[f"{norm}|with"] = frac(all_names, norm)
         fr[f"{norm}|without"] = frac(no_emb, norm)
+    # The per-head (Keras) reading: scipy σ of each head's block of q/k/v (rows) and o (columns).
+    config = json.loads((folder / "config.json").read_text())
+    heads_sig = dict(sig)
+    for f in sorted(folder.glob("*.safetensors")):
+        for name, a in load_file(str(f)).items():
+            split = naming.head_blocks(name, a.shape, config) if name in sig else None
+            if split is not None:
+                h, d, axis = split
+                blocks = [a[i * d : (i + 1) * d] if axis == 0 else a[:, i * d : (i + 1) * d] for i in range(h)]
+                heads_sig[name] = np.concatenate([sl.svdvals(b.astype(np.float64)) for b in blocks])
+    for key, names in (("with", all_names), ("without", no_emb)):
+        values = np.concatenate([heads_sig[n] for n in names])
+        fr[f"per-head (Keras)|{key}"] = np.count_nonzero((values >= 0.1) & (values <= 1.1)) / values.size
     return sig, fr
 
 

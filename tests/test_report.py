@@ -245,8 +245,9 @@ def test_sections_and_header(report_text: str, spectrum_dir: Path) -> None:
         "Rank coverage",
         "Cumulative energy",
         "σ₁, stable rank and effective rank per layer",
+        "Heavy tails, MP bulk and SNR",
     ]
-    for section in ("claim", "rank-coverage", "energy", "per-layer"):
+    for section in ("claim", "rank-coverage", "energy", "per-layer", "analytics"):
         assert doc.by_id[section][0] == "section"
     facts = dict(zip(doc.texts["dt"], doc.texts["dd"], strict=True))
     m = data["manifest"]
@@ -271,7 +272,10 @@ def test_figures(report_text: str, spectrum_dir: Path) -> None:
     assert len([f for f in figures if f.startswith("fig-hist-")]) == 1 + len(types)
     assert [f for f in figures if f.startswith("fig-heat-")] == [f"fig-heat-{r}" for r in RANKS]
     assert len([f for f in figures if f.startswith("fig-energy-")]) == 1 + len(types)
-    assert len([f for f in figures if f.startswith("fig-layer-")]) == 3
+    assert len([f for f in figures if f.startswith("fig-layer-")]) == 4  # σ₁, stable rank, effective rank, α
+    assert len([f for f in figures if f.startswith("fig-esd-")]) == len(types)  # one ESD fit per module type
+    layered = {m["module_type"] for m in data["matrices"] if m["layer"] is not None}
+    assert len([f for f in figures if f.startswith("fig-snr-")]) == len(layered)
     check_accessible(doc)
     # Each heatmap prints every cell's percentage, so no value is carried by colour alone.
     heat = report_text[report_text.index('id="fig-heat-2"') :]
@@ -284,7 +288,8 @@ def test_figures(report_text: str, spectrum_dir: Path) -> None:
 def test_table_numbers_equal_json(report_text: str, spectrum_dir: Path) -> None:
     doc = Doc(report_text)
     ids = {t["attrs"]["id"] for t in doc.tables}
-    assert {"claim-fractions", "by-module-type", "matrix-energy", "by-layer", "matrix-metrics"} <= ids
+    tables = ("claim-fractions", "by-module-type", "matrix-energy", "by-layer", "matrix-metrics", "matrix-analytics")
+    assert set(tables) <= ids
     n = check_tables(doc, _load_json(spectrum_dir))
     assert n >= 16 * (len(RANKS) + 3 + 10)
 

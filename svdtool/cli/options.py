@@ -131,5 +131,9 @@ OffloadOpt = Annotated[
 ]
 TargetsOpt = Annotated[
     str,
-    typer.Option("--targets", help="Module types or globs, comma-separated (q_proj,v_proj), or all-linear."),
+    typer.Option(
+        "--targets",
+        help="Module types or globs, comma-separated (q_proj,v_proj), all-linear, or snr:P (the top P% of block"
+        " matrices per module type by the Spectrum tool's SNR).",
+    ),
 ]

@@ -30,6 +30,16 @@ if TYPE_CHECKING:
     from svdtool.results.spectrum import SpectrumResult
 
 RangeOpt = Annotated[str, typer.Option("--range", help="LO,HI band for the claim check (raw σ).")]
+TopPercentOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--top-percent",
+        min=1,
+        max=100,
+        help="With --out: also write the Spectrum tool's snr_results_<model>.json and the unfrozen-parameters"
+        " YAML of the top P% of layers per module type, for Axolotl's spectrum plugin.",
+    ),
+]
 ClaimOpt = Annotated[float, typer.Option("--claim", help="Claimed fraction of σ inside the band.")]
 StrictOpt = Annotated[
     bool,
@@ -59,6 +69,7 @@ def spectrum(
     claim: ClaimOpt = 0.99,
     device: DeviceOpt = "auto",
     cpu_workers: CpuWorkersOpt = None,
+    top_percent: TopPercentOpt = None,
     out_dir: OutOpt = None,
     fmt: FormatOpt = OutputFormat.table,
     report: ReportOpt = None,
@@ -71,6 +82,7 @@ def spectrum(
       svdtool spectrum google/gemma-2-9b --stream --out gemma-spectrum
       svdtool spectrum ./my-model --include '*mlp*' --format json
       svdtool spectrum model.gguf --ranks 8,64 --range 0.05,2
+      svdtool spectrum Qwen/Qwen2.5-0.5B --top-percent 25 --out model_snr_results
       torchrun --nproc-per-node 8 -m svdtool spectrum meta-llama/Llama-3.1-405B --stream --out spec405
 
     Under torchrun (or any launcher setting WORLD_SIZE) each rank computes its share of the matrices
@@ -78,8 +90,11 @@ def spectrum(
     """
     from svdtool.commands.common import parse_range, parse_ranks
     from svdtool.commands.spectrum import SpectrumRequest, run_spectrum
+    from svdtool.errors import SvdtoolError
 
     lo, hi = parse_range(range_)
+    if top_percent is not None and out_dir is None:
+        raise SvdtoolError("--top-percent writes files: give --out DIR too")
     request = SpectrumRequest(
         model=model,
         revision=revision,
@@ -93,6 +108,7 @@ def spectrum(
         claimed=claim,
         device=device,
         cpu_workers=cpu_workers,
+        top_percent=top_percent,
         command=["svdtool", *sys.argv[1:]],
     )
     run = run_spectrum(request, RichProgress())
@@ -132,7 +148,8 @@ def print_summary(result: SpectrumResult) -> None:
         highlight=False,
     )
     t = Table(title="Per module type", title_justify="left")
-    for col in ("type", "n", "σ₁ mean", "stable rank", "eff. rank", *[f"E({r})" for r in ranks], "in band"):
+    cols = ("type", "n", "σ₁ mean", "stable rank", "eff. rank", *[f"E({r})" for r in ranks], "in band", "α mean", "SNR")
+    for col in cols:
         t.add_column(col, justify="left" if col == "type" else "right")
     for g in result.by_module_type:
         t.add_row(
@@ -143,6 +160,8 @@ def print_summary(result: SpectrumResult) -> None:
             f"{g.effective_rank_mean:.1f}",
             *[f"{g.energy_at_rank_mean[str(r)]:.3f}" for r in ranks],
             f"{g.in_range_fraction:.4f}",
+            _mean(g.analytics_mean, "alpha", "{:.2f}"),
+            _mean(g.analytics_mean, "snr", "{:.3g}"),
         )
     out.print(t)
     c = result.claim
@@ -165,6 +184,10 @@ def print_summary(result: SpectrumResult) -> None:
         )
     colour = "green" if c.holds_with_embeddings else "red"
     out.print(f"[bold {colour}]verdict:[/] {c.verdict}", highlight=False)
+
+
+def _mean(means: dict[str, float], key: str, pattern: str) -> str:
+    return pattern.format(means[key]) if key in means else "—"
 
 
 DemoModelOpt = Annotated[str, typer.Option("--model", help="Packaged checkpoint: smollm2 or minilm.")]

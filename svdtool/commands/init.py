@@ -54,6 +54,7 @@ from svdtool.commands.init_layers import (
     lookup_gradient,
     select_targets,
 )
+from svdtool.commands.snr_targets import snr_percent, snr_targets
 from svdtool.engine.staging import shared_staging
 from svdtool.engine.work import Share, request_fields
 from svdtool.engine.world import World, current
@@ -200,7 +201,9 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
         with world.phase():
             infos = ckpt.tensors()
             layout = lay.resolve_layout(ckpt.meta.config, infos)
-            targets = select_targets(layout, infos, req.targets, req.rank)
+            percent = snr_percent(req.targets)
+            tokens = req.targets if percent is None else snr_targets(ckpt, infos, percent, device, progress)
+            targets = select_targets(layout, infos, tokens, req.rank)
         for note in layout.notes:
             progress.message(note)
         # Before minutes of gradient work: room for the output on the target file system.

@@ -20,6 +20,8 @@ from svdtool.commands.common import (
     utc_now,
     write_result_with_sigmas,
 )
+from svdtool.commands.per_head import PerHeadTap
+from svdtool.commands.snr_files import write_axolotl_files
 from svdtool.engine.plan import Job, matrix_cost
 from svdtool.engine.pool import Computed, compute_all, plan_workers
 from svdtool.engine.work import Share, request_fields
@@ -50,6 +52,7 @@ class SpectrumRequest:
     claimed: float = 0.99
     device: str = "auto"
     cpu_workers: int | None = None  # None: as many as the cores allow (see engine.pool.plan_workers)
+    top_percent: int | None = None  # write Spectrum's selection of the top P% per type for Axolotl
     command: list[str] = field(default_factory=list)
 
 
@@ -89,6 +92,15 @@ def plan(ckpt: Checkpoint, include: list[str], exclude: list[str]) -> tuple[list
     return chosen, skipped
 
 
+def vector_weights(ckpt: Checkpoint, include: list[str], exclude: list[str]) -> list[str]:
+    """The selected 1-D ``.weight`` tensors (norms): Spectrum lists them with an SNR of Infinity."""
+    return [
+        i.name
+        for i in ckpt.tensors()
+        if len(i.shape) == 1 and i.name.endswith(".weight") and naming.selected(i.name, include, exclude)
+    ]
+
+
 def _device_label(device: torch.device, workers: list[Worker], helpers: int, world: World) -> str:
     if device.type == "cuda" and helpers:
         label = f"{describe_device(device)} + {helpers} CPU processes for band eigenvalues"
@@ -118,6 +130,7 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None, world: 
     with ckpt:
         with world.phase():
             infos, skipped = _selection(ckpt, req)
+            vectors = vector_weights(ckpt, req.include, req.exclude)
         share = Share.of(world, [Job(i.name, matrix_cost(i.shape, i.nbytes)) for i in infos], request_fields(req))
         mine = share.mine
         for s in skipped:
@@ -126,20 +139,23 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None, world: 
         progress.start(label, len(mine), sum(infos[i].nbytes for i in mine))
         workers, helpers = plan_workers(device, req.cpu_workers, world.cores())
         check = TimedCheck()
+        tap = PerHeadTap(ckpt, device)  # per-head σ of q/k/v/o from the same single read of each tensor
         with world.phase():
-            done, broken = _compute(ckpt, [infos[i] for i in mine], workers, helpers, progress, check)
+            done, broken = _compute(tap, [infos[i] for i in mine], workers, helpers, progress, check)
         # Back to positions in ``infos``: the results are ordered as in one process.
         local = [replace(c, index=mine[c.index]) for c in done]
-        everything = share.collect([(local, broken, check.seconds)])
-    done = [c for part, _, _ in everything for c in part]
+        everything = share.collect([(local, broken, check.seconds, tap.sigmas)])
+    done = [c for part, _, _, _ in everything for c in part]
+    per_head = {k: v for _, _, _, heads in everything for k, v in heads.items()}
     order = {info.name: k for k, info in enumerate(infos)}
-    damaged = sorted((x for _, part, _ in everything for x in part), key=lambda s: order[s.name])
+    damaged = sorted((x for _, part, _, _ in everything for x in part), key=lambda s: order[s.name])
     skipped = damaged + skipped  # the damaged ones first
     if not done:
         raise SvdtoolError(f"every selected matrix of {req.model} has non-finite values (NaN or ±Inf): {ADVICE}")
     label = _device_label(device, workers, helpers, world)
-    check_s = sum(x for _, _, x in everything)
-    return SpectrumRun(*_result(req, ckpt, done, skipped, label, started, t_open, t_start, check_s))
+    check_s = sum(x for _, _, x, _ in everything)
+    computed = _Computed(done, skipped, per_head, vectors, check_s)
+    return SpectrumRun(*_result(req, ckpt, computed, device, label, started, t_open, t_start))
 
 
 def _selection(ckpt: Checkpoint, req: SpectrumRequest) -> tuple[list[TensorInfo], list[SkippedTensor]]:
@@ -154,7 +170,7 @@ def _selection(ckpt: Checkpoint, req: SpectrumRequest) -> tuple[list[TensorInfo]
 
 
 def _compute(
-    ckpt: Checkpoint,
+    ckpt: Checkpoint | PerHeadTap,
     infos: list[TensorInfo],
     workers: list[Worker],
     helpers: int,
@@ -194,17 +210,28 @@ def _compute(
     return done, broken
 
 
+@dataclass
+class _Computed:
+    """What every rank returns: the finite matrices' σ, the tensors skipped, per-head σ, the 1-D weights."""
+
+    done: list[Computed]
+    skipped: list[SkippedTensor]
+    per_head: dict[str, np.ndarray]
+    vectors: list[str]
+    check_s: float
+
+
 def _result(
     req: SpectrumRequest,
     ckpt: Checkpoint,
-    done: list[Computed],
-    skipped: list[SkippedTensor],
+    computed: _Computed,
+    device: torch.device,
     device_label: str,
     started: str,
     t_open: float,
     t_start: float,
-    check_s: float,
 ) -> tuple[SpectrumResult, dict[str, np.ndarray]]:
+    done, skipped, check_s = computed.done, computed.skipped, computed.check_s
     done.sort(key=lambda c: c.index)
     matrices, sigmas, pairs = [], {}, []
     for c in done:
@@ -220,6 +247,7 @@ def _result(
             lo=req.lo,
             hi=req.hi,
             seconds=c.seconds,
+            device=str(device),
         )
         matrices.append(m)
         sigmas[c.info.name] = c.sigma
@@ -245,22 +273,35 @@ def _result(
             include=list(req.include),
             exclude=list(req.exclude),
             device=req.device,
+            top_percent=req.top_percent,
         ),
         matrices=matrices,
         by_module_type=summarize(matrices, "module_type", req.ranks, order=naming.type_sort_key),
         by_layer=summarize(matrices, "layer", req.ranks),
-        claim=claim_check(pairs, lo=req.lo, hi=req.hi, claimed=req.claimed, is_embedding=naming.EMBEDDING_TYPES),
+        claim=claim_check(
+            pairs,
+            lo=req.lo,
+            hi=req.hi,
+            claimed=req.claimed,
+            is_embedding=naming.EMBEDDING_TYPES,
+            per_head=computed.per_head,
+        ),
         skipped=skipped,
+        vectors=computed.vectors,
     )
     return result, sigmas
 
 
 def write_spectrum(run: SpectrumRun, out_dir: Path) -> list[Path]:
-    """Write ``spectrum.json`` and the ``spectra.safetensors`` sidecar into ``out_dir``, each atomically."""
-    return write_result_with_sigmas(
+    """Write ``spectrum.json`` and the ``spectra.safetensors`` sidecar into ``out_dir``, each atomically,
+    and with ``top_percent`` set the Spectrum tool's SNR JSON and unfrozen-parameters YAML for Axolotl."""
+    written = write_result_with_sigmas(
         run.result, run.sigmas, out_dir, json_name=SpectrumResult.JSON, sidecar_name=SpectrumResult.SIDECAR,
         tag="svdtool-spectra",
     )  # fmt: skip
+    if run.result.options.top_percent is not None:
+        written += write_axolotl_files(run.result, out_dir, run.result.options.top_percent)
+    return written
 
 
 def load_sigmas(out_dir: Path) -> dict[str, np.ndarray]:

@@ -2,6 +2,9 @@
 
 Tensor names stay GGUF's own (``blk.0.attn_q.weight``); ``svdtool.naming`` maps them to module
 types. llama.cpp permutes the rows of q/k weights, which leaves singular values unchanged.
+
+Opening parses only the header (:mod:`svdtool.loading.gguf_header`, over a memory map); a tensor's
+bytes are touched, and dequantized, only when it is read.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from svdtool.errors import SvdtoolError
 from svdtool.loading.base import GGUF_PREFIX, Checkpoint, CheckpointMeta, TensorInfo
+from svdtool.loading.gguf_header import GGUFHeader, GGUFTensor, map_file, read_header
 from svdtool.results.manifest import SourceFile
 
 if TYPE_CHECKING:
@@ -21,16 +25,17 @@ _FLOAT_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}
 _INT_NAMES = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
 
 
-def _check_types(tensors: Any, path: Path, gguf: Any) -> None:
+def _check_types(tensors: list[GGUFTensor], path: Path, gguf: Any) -> None:
     """Refuse, at open, a float tensor type that this gguf package cannot dequantize."""
     from gguf import quants
 
-    readable = {"F32", "F16", *_INT_NAMES, *(t.name for t in getattr(quants, "_type_traits", {}))}
+    readable = {"F32", "F16", "F64", *_INT_NAMES, *(t.name for t in getattr(quants, "_type_traits", {}))}
     for t in tensors:
-        if t.tensor_type.name not in readable:
+        type_name = gguf.GGMLQuantizationType(t.ggml_type).name
+        if type_name not in readable:
             version = getattr(gguf, "__version__", "") or _version("gguf")
             raise SvdtoolError(
-                f"{path}: tensor {t.name} is stored as {t.tensor_type.name}, which the gguf package {version} "
+                f"{path}: tensor {t.name} is stored as {type_name}, which the gguf package {version} "
                 "cannot dequantize: upgrade it (pip install -U gguf), or convert the file to F16 or Q8_0 with "
                 "llama.cpp's llama-quantize --allow-requantize"
             )
@@ -45,6 +50,9 @@ def _version(package: str) -> str:
         return ""
 
 
+_VIEWS = {"F32": "<f4", "F64": "<f8"}
+
+
 class GGUFCheckpoint(Checkpoint):
     def __init__(self, path: Path, description: str) -> None:
         try:
@@ -52,47 +60,60 @@ class GGUFCheckpoint(Checkpoint):
         except ImportError:
             raise SvdtoolError("reading .gguf files needs the gguf package: pip install gguf") from None
         try:
-            self._reader: Any = gguf.GGUFReader(str(path))
-        except Exception as exc:  # the gguf package raises bare ValueError/struct errors on bad files
+            self._map = map_file(path)
+        except (OSError, ValueError) as exc:  # ValueError: mmap of an empty file
             raise SvdtoolError(f"{path} is not a readable GGUF file: {exc}") from None
         try:
-            self._by_name = {t.name: t for t in self._reader.tensors}
-            _check_types(self._reader.tensors, path, gguf)
-            arch = self._reader.fields.get("general.architecture")
-            config: dict[str, object] = {"model_type": str(arch.contents())} if arch is not None else {}
+            self._header: GGUFHeader = read_header(self._map)
+            _check_types(self._header.tensors, path, gguf)
         except SvdtoolError:
+            self._map.close()
             raise
-        except Exception as exc:  # a header the gguf package parsed into nonsense
+        except Exception as exc:  # GGUFFormatError, or anything else a damaged header leads to
+            self._map.close()
             raise SvdtoolError(f"{path} is not a readable GGUF file: {exc}") from None
+        self._by_name = {t.name: t for t in self._header.tensors}
+        arch = self._header.metadata.get("general.architecture")
+        config: dict[str, object] = {"model_type": str(arch)} if isinstance(arch, str) else {}
         self.meta = CheckpointMeta(
             description, "gguf", files=[SourceFile(path=path.name, size=path.stat().st_size)], config=config
         )
         self._file = path.name
+        self._gguf = gguf
 
     def tensors(self) -> list[TensorInfo]:
         out = []
-        for t in self._reader.tensors:
-            qtype = t.tensor_type.name
+        for t in self._header.tensors:
+            qtype = self._gguf.GGMLQuantizationType(t.ggml_type).name
             # GGUF lists dimensions innermost first; PyTorch order is the reverse.
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            shape = tuple(reversed(t.dims))
             out.append(
                 TensorInfo(
                     t.name,
                     shape,
                     _FLOAT_NAMES.get(qtype) or _INT_NAMES.get(qtype) or GGUF_PREFIX + qtype.lower(),
                     self._file,
-                    int(t.n_bytes),
+                    t.nbytes,
                 )
             )
         return out
 
     def read(self, info: TensorInfo) -> torch.Tensor:
+        import numpy as np
         import torch
         from gguf import quants
+        from gguf.quants import quant_shape_to_byte_shape
 
         t = self._by_name[info.name]
-        array = quants.dequantize(t.data, t.tensor_type)  # float32 (or the float dtype), shape info.shape
-        return torch.from_numpy(array.copy()).reshape(info.shape)
+        qtype = self._gguf.GGMLQuantizationType(t.ggml_type)
+        raw = np.frombuffer(self._map, dtype=np.uint8, count=t.nbytes, offset=t.offset)  # a view of the map
+        if qtype.name in _VIEWS:  # float32/float64: copy out of the read-only map
+            values = raw.view(_VIEWS[qtype.name]).copy()
+        elif qtype.name == "F16":
+            values = raw.view(np.float16).astype(np.float32)
+        else:  # quantized (and BF16): gguf's dequantize of (rows, bytes per row) gives a new float32 array
+            values = quants.dequantize(raw.reshape(quant_shape_to_byte_shape(info.shape, qtype)), qtype)
+        return torch.from_numpy(values).reshape(info.shape)
 
     def close(self) -> None:
-        pass
+        self._map.close()

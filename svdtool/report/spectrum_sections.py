@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from svdtool.report import spectrum_plots as plots
+from svdtool.report.analytics_sections import analytics_section
 from svdtool.report.model import Block, Callout, Section
 from svdtool.report.tables import AUX_LABELS, Cell, Column, Table, record_table, text
+from svdtool.spectrum import PER_HEAD
 
 if TYPE_CHECKING:
     from svdtool.results.spectrum import MatrixSpectrum, SpectrumResult
@@ -26,6 +28,12 @@ def _group_columns(ranks: list[int]) -> list[tuple[str, str | None, str]]:
     ]
 
 
+_PER_HEAD_NOTE = (
+    ", or split q/k/v/o into one matrix per attention head as a Keras/JAX checkpoint stores them (per-head"
+    " row; other matrices as stored)"
+)
+
+
 def _matrix_label(m: MatrixSpectrum) -> list[Cell]:
     return [text(m.name), text(m.module_type), text(m.layer), text("×".join(str(d) for d in m.shape))]
 
@@ -36,6 +44,7 @@ _MATRIX_LABELS = ("name", "type", "layer", "shape")
 def claim_section(result: SpectrumResult, sigmas: dict[str, np.ndarray] | None) -> Section:
     c = result.claim
     holds = c.holds_with_embeddings
+    per_head = _PER_HEAD_NOTE if any(f.normalisation == PER_HEAD for f in c.fractions) else ""
     callout = Callout(
         status="pass" if holds else "fail",
         label=f"The claim {'holds' if holds else 'does NOT hold'}",
@@ -75,7 +84,8 @@ def claim_section(result: SpectrumResult, sigmas: dict[str, np.ndarray] | None) 
         intro=[
             f"Claim checked: at least {100 * c.claimed:g}% of all singular values lie in [{c.lo:g}, {c.hi:g}]. "
             f"Raw σ are the singular values of the weights as stored; the other rows rescale each matrix first "
-            f"(by its σ₁, or by √max(n, m)). Embeddings: {', '.join(c.embeddings) or 'none'}."
+            f"(by its σ₁, or by √max(n, m)){per_head}. "
+            f"Embeddings: {', '.join(c.embeddings) or 'none'}."
         ],
         callout=callout,
         tables=[fractions, groups],
@@ -206,6 +216,8 @@ def spectrum_sections(result: SpectrumResult, sigmas: dict[str, np.ndarray] | No
     if (skipped := skipped_table(result)) is not None:
         layers.tables.append(skipped)
     sections.append(layers)
+    if (analytics := analytics_section(result, sigmas)) is not None:
+        sections.append(analytics)
     return sections
 
 

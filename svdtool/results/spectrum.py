@@ -8,6 +8,34 @@ from svdtool.results.manifest import RunManifest
 
 
 @dataclass
+class WWMetrics:
+    """WeightWatcher 0.7.7's columns, same names and definitions (see svdtool.heavy_tail); λ = σ²."""
+
+    alpha: float  # power-law exponent of the ESD tail (nan when the fit failed)
+    xmin: float  # λ where the fitted tail starts
+    D: float  # Kolmogorov–Smirnov distance of the fit
+    num_pl_spikes: int  # #λ ≥ xmin
+    alpha_weighted: float  # α · log10 λ_max
+    log_alpha_norm: float  # log10 Σ λᵢ^α
+    log_norm: float  # log10 Σλ = log10 ‖W‖_F²
+    log_spectral_norm: float  # log10 λ_max = log10 σ₁²
+    entropy: float  # WW's normalised σ² entropy, in [0, 1]
+    rank_loss: int  # k − numerical rank (float64 eps)
+    warning: str  # "over-trained" (α < 2) | "under-trained" (α > 6) | ""
+    status: str  # "success" | "failed"
+
+
+@dataclass
+class MPBulk:
+    """Marchenko–Pastur bulk from the median σ (see svdtool.mp); not WW's KDE fit."""
+
+    sigma_e: float  # estimated noise standard deviation of the entries
+    edge: float  # bulk edge σ_e(√N + √M), in σ units
+    spikes: int  # #σ above the edge
+    softrank: float  # edge² / σ₁² (WW's mp_softrank in λ units)
+
+
+@dataclass
 class MatrixSpectrum:
     """Metrics of one 2-D weight. σ₁ ≥ … ≥ σ_k, k = min(rows, cols)."""
 
@@ -31,6 +59,11 @@ class MatrixSpectrum:
     in_range: int  # #{σ ∈ [lo, hi]} (raw σ)
     in_range_fraction: float
     seconds: float
+    # Added with the spectral analytics; None in results written before them.
+    ww: WWMetrics | None = None
+    mp: MPBulk | None = None
+    snr: float | None = None  # the Spectrum tool's SNR (svdtool.snr)
+    snr_mp: float | None = None  # MP-correct variant: Σσ above the MP edge / Σσ below
 
 
 @dataclass
@@ -45,13 +78,16 @@ class GroupSummary:
     effective_rank_mean: float
     energy_at_rank_mean: dict[str, float]
     in_range_fraction: float  # pooled over all σ of the group
+    # Means over the group's matrices (finite values only) of alpha, alpha_weighted, log_alpha_norm, log_norm,
+    # log_spectral_norm (WW's get_summary names), mp_softrank, snr and snr_mp.
+    analytics_mean: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class ClaimFraction:
     """Pooled fraction of σ in [lo, hi] under one normalisation."""
 
-    normalisation: str  # raw | sigma/sigma1 | sigma/sqrt(max(n,m))
+    normalisation: str  # raw | sigma/sigma1 | sigma/sqrt(max(n,m)) | per-head (Keras)
     with_embeddings: float
     without_embeddings: float
     count_with: int
@@ -99,6 +135,7 @@ class SpectrumOptions:
     include: list[str]
     exclude: list[str]
     device: str
+    top_percent: int | None = None  # --top-percent: the Spectrum selection written for Axolotl
 
 
 @dataclass
@@ -110,6 +147,7 @@ class SpectrumResult:
     by_layer: list[GroupSummary]
     claim: ClaimCheck
     skipped: list[SkippedTensor] = field(default_factory=list)
+    vectors: list[str] = field(default_factory=list)  # selected 1-D weights (norms): SNR Infinity for Spectrum
 
     SIDECAR = "spectra.safetensors"
     JSON = "spectrum.json"
