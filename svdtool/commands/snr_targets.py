@@ -1,6 +1,6 @@
 """``svdtool init --targets snr:P``: the top P% of block matrices per module type by the Spectrum tool's SNR.
 
-The σ come from the spectrum engine (:mod:`svdtool.commands.spectra_pool`), the score and the selection
+The σ come from the spectrum engine (:mod:`svdtool.engine.pool`), the score and the selection
 from :mod:`svdtool.snr` (Spectrum's formula and its int(count · P / 100) per type), so the layers chosen
 are those ``svdtool spectrum --top-percent P`` lists in its unfrozen-parameters YAML, less embeddings,
 heads and norms, which are not adapter targets.
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from svdtool import naming
 from svdtool.commands.common import Progress
-from svdtool.commands.spectra_pool import Computed, compute_all, plan_workers
+from svdtool.engine.pool import Computed, compute_all, plan_workers
 from svdtool.errors import SvdtoolError
 from svdtool.loading import FLOAT_DTYPES, Checkpoint, TensorInfo
 from svdtool.snr import spectrum_snr, top_by_type
