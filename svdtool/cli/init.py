@@ -273,8 +273,8 @@ def init(
             act_req, grad_req = activation_request(grad_req), None
     elif calib is not None or grad_cache is not None:
         raise SvdtoolError(
-            f"--calib applies to --method {', '.join(GRADIENT_METHODS + STATISTICS_METHODS)} only, "
-            f"--grad-cache to {' and '.join(GRADIENT_METHODS)}"
+            f"--calib and --grad-cache apply to --method {' and '.join(GRADIENT_METHODS)} only "
+            f"(--calib also to {' and '.join(STATISTICS_METHODS)})"
         )
     extra |= _statistics_options(method, corda_mode, eva_rho)
 
