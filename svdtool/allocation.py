@@ -7,7 +7,8 @@ uniform rank-r̄ adapter. ``gains[l][k]`` is what the (k+1)-th rank of layer l a
 * coverage (LoRA-One): σ_{k+1}(G_l)², the first-order decrease of the loss that direction of the gradient buys
   (not normalised per layer: the loss is one sum over all layers); LoRA-GA's rank adds two directions
   (ArB2r spans G's top 2r), so its gain is σ_{2k+1}² + σ_{2k+2}²;
-* eva: explained-variance ratios of the layer inputs (EVA; its gain source registers in ``GAIN_SOURCES``).
+* eva: explained-variance ratios of the layer inputs (EVA, which runs PEFT's own count-based redistribution,
+  ``svdtool.methods.eva.allocate``, with its ρ cap; the greedy here is not used for it).
 
 Greedy marginal gain: every layer starts at rank 0, and each step gives one rank to the layer whose next rank has
 the largest gain per parameter, g/c_l, among those that still fit in the budget, until none does. For

@@ -152,7 +152,7 @@ def _start_block(k: int, b: int, dtype: torch.dtype, device: torch.device, seed:
     return torch.randn(k, b, generator=gen, dtype=dtype, device=device)
 
 
-def _finish(w64: torch.Tensor, side: torch.Tensor, label: str, products: int, seed: int) -> Triplets:
+def finish(w64: torch.Tensor, side: torch.Tensor, label: str, products: int = 0, seed: int = 0) -> Triplets:
     """Rayleigh–Ritz on W itself for the k×r Gram-side vectors ``side``, then certify in float64."""
     import torch
 
@@ -184,7 +184,7 @@ def _gram_cheb(w64: torch.Tensor, r: int, b: int, tol: float, seed: int, start: 
     del op
     if isinstance(found, str):
         return found
-    out = _finish(w64, found.x[:, :r], "gram-cheb", found.products, seed)
+    out = finish(w64, found.x[:, :r], "gram-cheb", found.products, seed)
     return out if out.residual <= tol else f"certified residual {out.residual:.1e} above {tol:g}"
 
 
@@ -207,7 +207,7 @@ def randomized_svd(w: torch.Tensor, r: int, *, oversample: int, niter: int, seed
     found = subspace.top_eigenspace(op, r, y, budget=max(1, niter), max_growth=MAX_GROWTH[4])
     if isinstance(found, str):  # a zero matrix: any orthonormal vectors will do
         return _direct(w.to(torch.float64), r, top=True, label="svd64 (zero matrix)")
-    return _finish(w.to(torch.float64), found.x[:, :r], "randomized", found.products, seed)
+    return finish(w.to(torch.float64), found.x[:, :r], "randomized", found.products, seed)
 
 
 def subtract_adapter(w: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -238,4 +238,4 @@ def gram_eigh(w: torch.Tensor, r: int) -> Triplets:
     _check_rank(tuple(w.shape), r)
     w64 = w.detach().to(torch.float64)
     _, vec = torch.linalg.eigh(gram64(w64, w64.device))  # ascending
-    return _finish(w64, vec[:, -r:].flip(1), "gram-eigh", 0, 0)
+    return finish(w64, vec[:, -r:].flip(1), "gram-eigh", 0, 0)

@@ -152,9 +152,10 @@ def _allocation(res: InitResult) -> list[str]:
     if s.rank_alloc == "uniform":
         return []
     ranks = sorted(s.rank_pattern.values())
+    budget = "rank budget (Σ ranks, PEFT's EVA redistribution)" if s.rank_alloc == "eva" else "parameter budget"
     return [
-        f"- **Rank allocation** `--rank-alloc {s.rank_alloc}`: ranks {ranks[0]}–{ranks[-1]} within the parameter "
-        f"budget of r = {s.rank} everywhere; per-module r and α in `rank_pattern`/`alpha_pattern` (s is the same "
+        f"- **Rank allocation** `--rank-alloc {s.rank_alloc}`: ranks {ranks[0]}–{ranks[-1]} within the {budget} "
+        f"of r = {s.rank} everywhere; per-module r and α in `rank_pattern`/`alpha_pattern` (s is the same "
         "for every module)."
     ]
 

@@ -9,6 +9,9 @@ from svdtool.errors import SvdtoolError
 
 if TYPE_CHECKING:
     from svdtool.gradients import GradientRequest
+    from svdtool.statistics import ActivationRequest
+
+CALIB_REQUIRED = "--calib is required (a preset such as metamathqa, a hf://datasets/... file, or a local file)"
 
 
 def gradient_request(
@@ -41,9 +44,7 @@ def gradient_request(
     from svdtool.gradients import GradientRequest
 
     if calib is None and (grad_cache is None or not grad_cache.exists()):
-        raise SvdtoolError(
-            "--calib is required (a preset such as metamathqa, a hf://datasets/... file, or a local file)"
-        )
+        raise SvdtoolError(CALIB_REQUIRED)
     if mode not in ("exact", "sketch"):
         raise SvdtoolError(f"--gradient {mode!r}: expected exact or sketch")
     return GradientRequest(
@@ -80,3 +81,19 @@ def passes_line(groups: int, micro: int, reason: str | None, dtype: str, dtype_r
     """The run summary's line on how the gradient passes ran, and why (chosen from memory; CPU dtype)."""
     line = f"passes: {groups} layer group(s), micro-batch {micro}" + (f" ({reason})" if reason else "")
     return line + (f"; computed in {dtype}: {dtype_reason}" if dtype_reason else "")
+
+
+def activation_request(grad: GradientRequest) -> ActivationRequest:
+    """``init --method corda|eva``: the same model and data options as a gradient request, for activations."""
+    from svdtool.statistics import ActivationRequest
+
+    return ActivationRequest(
+        model=grad.model,
+        calib=grad.calib,
+        revision=grad.revision,
+        token=grad.token,
+        tokenizer=grad.tokenizer,
+        targets=grad.targets,
+        dtype=grad.dtype,
+        device=grad.device,
+    )

@@ -45,13 +45,15 @@ MethodOpt = Annotated[
     str,
     typer.Option(
         "--method",
-        help="pissa | milora | svd-lora-fa | lora-ga | olora | mica | orthogonal | lora-one | loftq | qpissa "
-        "(see docs/init.md).",
+        help="pissa | milora | svd-lora-fa | lora-ga | olora | mica | orthogonal | lora-one | loftq | qpissa | "
+        "corda | eva (see docs/init.md).",
         show_default=False,
     ),
 ]
 #: Methods that need the gradient of the loss on calibration data (--calib or --grad-cache).
 GRADIENT_METHODS = ("lora-ga", "lora-one")
+#: Methods that take activation statistics of the calibration data (--calib).
+STATISTICS_METHODS = ("corda", "eva")
 RankOpt = Annotated[
     int, typer.Option("--rank", "-r", help="Adapter rank r (the mean rank with --rank-alloc).", show_default=False)
 ]
@@ -60,7 +62,8 @@ RankAllocOpt = Annotated[
     typer.Option(
         "--rank-alloc",
         help="uniform | energy (pissa, svd-lora-fa) | coverage (lora-ga, lora-one): per-layer ranks within the "
-        "parameter budget of rank r everywhere, by greedy marginal gain (rank_pattern/alpha_pattern).",
+        "parameter budget of rank r everywhere, by greedy marginal gain (rank_pattern/alpha_pattern). eva always "
+        "redistributes its ranks by explained variance (--eva-rho).",
     ),
 ]
 InitOutOpt = Annotated[
@@ -69,6 +72,25 @@ InitOutOpt = Annotated[
         "--out",
         help="Output folder: the residual model plus the adapter in <method>_init/ (mica, orthogonal, lora-one: "
         "the adapter only).",
+    ),
+]
+# CorDA / EVA (see docs/init.md)
+CordaModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--corda-mode",
+        help="corda: ipm (instruction-previewed: the largest components of W·C) | kpm (knowledge-preserved: "
+        "the smallest; calibrate on the knowledge to keep). Default ipm.",
+        show_default=False,
+    ),
+]
+EvaRhoOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--eva-rho",
+        help="eva: ρ ≥ 1, each layer offers its top round(r·ρ) components to the global rank redistribution "
+        "(1: uniform ranks). Default 2.",
+        show_default=False,
     ),
 ]
 AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="LoRA alpha α (default: r, so s = α/r = 1).")]
@@ -182,13 +204,15 @@ def init(
     double_quant: DoubleQuantOpt = False,
     quant_iters: QuantItersOpt = None,
     quant_backend: QuantBackendOpt = None,
+    corda_mode: CordaModeOpt = None,
+    eva_rho: EvaRhoOpt = None,
 ) -> None:
     """SVD- and data-initialised LoRA adapter (PiSSA, MiLoRA, SVD-LoRA-FA, LoRA-GA, OLoRA, MiCA, orthogonal,
-    LoRA-One, LoftQ, QPiSSA), precomputed for PEFT.
+    LoRA-One, LoftQ, QPiSSA, CorDA, EVA), precomputed for PEFT.
 
-    Methods that change the base (pissa, milora, svd-lora-fa, lora-ga, olora, loftq, qpissa) write the residual
+    Methods that change the base (pissa, milora, svd-lora-fa, lora-ga, olora, loftq, qpissa, corda) write the residual
     model W − s·B·A to DIR (same config, dtype and tokenizer as the source) and the adapter to DIR/<method>_init/:
-    load the adapter on DIR, never on the original. Methods that keep the base (mica, orthogonal, lora-one) write
+    load the adapter on DIR, never on the original. Methods that keep the base (mica, orthogonal, lora-one, eva) write
     only DIR/<method>_init/, whose base_model_name_or_path is the original model. LoftQ and QPiSSA fit the adapter
     to the residual as the trainer's 4-bit NF4 load will quantise it (bit-exact with bitsandbytes): load DIR with
     the BitsAndBytesConfig that DIR/README.md gives.
@@ -205,6 +229,8 @@ def init(
       svdtool init ./my-model --method orthogonal -r 16 --seed 0 --out orth
       svdtool init ./my-model --method lora-one -r 16 --calib metamathqa --out one
       svdtool init ./my-model --method pissa -r 16 --rank-alloc energy --out pe
+      svdtool init ./my-model --method corda --corda-mode ipm -r 16 --calib metamathqa --out corda
+      svdtool init ./my-model --method eva -r 16 --calib data.jsonl --text-field text --out eva
       svdtool init ./my-model --method qpissa --quant nf4 --double-quant --quant-iters 5 -r 64 --out qp
       svdtool init ./my-model --method loftq --quant nf4 -r 64 --alpha 16 --out lq
       torchrun --nproc-per-node 8 -m svdtool init BIG --method pissa -r 16 --out /shared/out
@@ -215,6 +241,7 @@ def init(
     """
     from svdtool import naming
     from svdtool.commands.init import InitRequest, run_init
+    from svdtool.errors import SvdtoolError
 
     svd = svd or ("randomized" if method == "lora-ga" else "exact")
     extra: dict = {
@@ -224,13 +251,16 @@ def init(
         "quant_backend": quant_backend,
     }
     extra = {k: v for k, v in extra.items() if v is not None and v is not False}
-    grad_req = None
-    if method in GRADIENT_METHODS:
-        from svdtool.cli.gradient_args import gradient_request
+    grad_req = act_req = None
+    if method in GRADIENT_METHODS + STATISTICS_METHODS:
+        from svdtool.cli.gradient_args import activation_request, gradient_request
+
+        if method in STATISTICS_METHODS and grad_cache is not None:
+            raise SvdtoolError(f"--grad-cache applies to --method {' and '.join(GRADIENT_METHODS)} only")
 
         if method == "lora-ga":
             extra |= {"direction": direction, "gamma": 16.0 if gamma is None else gamma, "convention": convention}
-        else:
+        elif method == "lora-one":
             extra |= {"gamma": 128.0 if gamma is None else gamma}
         grad_req = gradient_request(
             model, calib=calib, samples=samples, max_length=max_length, batch_size=batch_size, seed=seed,
@@ -239,10 +269,14 @@ def init(
             dtype=dtype, device=device, mode=gradient, groups=grad_groups, micro_batch_size=micro_batch_size,
             offload=offload, grad_cache=grad_cache, sketch_rank=2 * rank,
         )  # fmt: skip
+        if method in STATISTICS_METHODS:  # the same model and data options, for activation statistics
+            act_req, grad_req = activation_request(grad_req), None
     elif calib is not None or grad_cache is not None:
-        from svdtool.errors import SvdtoolError
-
-        raise SvdtoolError(f"--calib and --grad-cache apply to --method {' and '.join(GRADIENT_METHODS)} only")
+        raise SvdtoolError(
+            f"--calib and --grad-cache apply to --method {' and '.join(GRADIENT_METHODS)} only "
+            f"(--calib also to {' and '.join(STATISTICS_METHODS)})"
+        )
+    extra |= _statistics_options(method, corda_mode, eva_rho)
 
     request = InitRequest(
         model=model,
@@ -263,11 +297,32 @@ def init(
         device=device,
         extra=extra,
         gradient_request=grad_req,
+        activation_request=act_req,
         command=["svdtool", *sys.argv[1:]],
         rank_alloc=rank_alloc,
     )
     result = run_init(request, RichProgress())
     deliver(result, fmt=fmt, table=lambda r: print_init(r, out_dir), report=report)
+
+
+def _statistics_options(method: str, corda_mode: str | None, eva_rho: float | None) -> dict:
+    """--corda-mode and --eva-rho checked against the method, as InitOptions.extra entries."""
+    from svdtool.errors import SvdtoolError
+
+    extra: dict = {}
+    if method == "corda":
+        if corda_mode not in (None, "ipm", "kpm"):
+            raise SvdtoolError(f"--corda-mode {corda_mode!r}: expected ipm or kpm")
+        extra["corda_mode"] = corda_mode or "ipm"
+    elif corda_mode is not None:
+        raise SvdtoolError("--corda-mode applies to --method corda only")
+    if method == "eva":
+        if eva_rho is not None and not eva_rho >= 1:
+            raise SvdtoolError(f"--eva-rho {eva_rho:g}: must be at least 1")
+        extra["eva_rho"] = 2.0 if eva_rho is None else eva_rho
+    elif eva_rho is not None:
+        raise SvdtoolError("--eva-rho applies to --method eva only")
+    return extra
 
 
 def print_init(result: InitResult, folder: Path) -> None:

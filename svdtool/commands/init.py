@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     import torch
 
     from svdtool.gradients import GradientRequest
+    from svdtool.statistics import ActivationRequest
 
 #: Methods that accept ``--svd randomized`` (the others need exact components).
 RANDOMIZED_METHODS = frozenset({"pissa", "lora-ga"})
@@ -97,6 +98,9 @@ class InitRequest:
     gradients: GradientSource | None = None  # for methods with needs_gradient (see the module docstring)
     # Or: how to estimate them (calibration data, model pass settings); run_init does it after validation.
     gradient_request: GradientRequest | None = None
+    # Methods with a ``statistic`` (CorDA, EVA): tensor name -> statistics, or how to collect them.
+    statistics: GradientSource | None = None
+    activation_request: ActivationRequest | None = None
     max_shard_bytes: int = DEFAULT_SHARD_BYTES
     command: list[str] = field(default_factory=list)
     rank_alloc: str = "uniform"  # uniform | energy | coverage | eva: rank is then the mean rank
@@ -123,6 +127,8 @@ def validate(req: InitRequest) -> MethodSpec:
             raise SvdtoolError(f"{name} {value}: must be 0 or more")
     if spec.needs_gradient and req.gradients is None and req.gradient_request is None:
         raise SvdtoolError(f"method {spec.name} needs gradients of the loss (calibration data); none were given")
+    if spec.statistic and req.statistics is None and req.activation_request is None:
+        raise SvdtoolError(f"method {spec.name} needs calibration data (--calib) for its activation statistics")
     if not req.targets:
         raise SvdtoolError("--targets is empty: name module types (q_proj,v_proj) or all-linear")
     check_rank_alloc(req.rank_alloc, spec)
@@ -187,8 +193,9 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
     world = world or current()
     with world.phase():
         spec = validate(req)
-        if world.distributed and (spec.keeps_base or (spec.needs_gradient and req.gradients is None)):
-            what = "estimates its gradients" if spec.needs_gradient else "writes only an adapter"
+        collects = (spec.needs_gradient and req.gradients is None) or (spec.statistic and req.statistics is None)
+        if world.distributed and (spec.keeps_base or collects):
+            what = "estimates its statistics" if collects else "writes only an adapter"
             raise SvdtoolError(
                 f"--method {spec.name} {what} in one process: run it without torchrun (see docs/distributed.md)"
             )
@@ -225,8 +232,21 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
                 make_reducer=spec.reducer,
             )
             req = replace(req, gradients=gradients, extra={**req.extra, **provenance})
-        ctx = GainContext(ckpt, req.gradients, device, spec.directions)
-        targets, allocation = allocate(req.rank_alloc, targets, req.rank, ctx, progress)
+        if spec.statistic and req.statistics is None and req.activation_request is not None:
+            from svdtool.commands.init_statistics import activation_statistics
+
+            stats, prov = activation_statistics(
+                req.activation_request, spec.statistic, rank=req.rank, extra=req.extra, progress=progress
+            )
+            req = replace(req, statistics=stats, extra={**req.extra, **prov})
+        if spec.rank_gain == "eva":  # EVA's own redistribution (PEFT's), already in its statistics
+            from svdtool.commands.init_statistics import eva_targets
+
+            targets, allocation = eva_targets(targets, req.statistics)
+            req = replace(req, rank_alloc="eva")
+        else:
+            ctx = GainContext(ckpt, req.gradients, device, spec.directions)
+            targets, allocation = allocate(req.rank_alloc, targets, req.rank, ctx, progress)
         extra = method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra)
         opts = InitOptions(rank=req.rank, alpha=alpha, use_rslora=req.use_rslora, extra=extra)
         shards, _ = _plans([] if spec.keeps_base else infos, targets, req.max_shard_bytes)
@@ -420,7 +440,8 @@ def _stream(
                 with cuda_graphs.exclusive():  # never beside a capture of the calibration passes
                     if grad is not None:
                         grad = gradient_for(grad, t, device)
-                    record, a, b, stored = init_layer(t, tensor, spec, opts, grad)
+                    stats = lookup_gradient(req.statistics, t, "activation statistics") if spec.statistic else None
+                    record, a, b, stored = init_layer(t, tensor, spec, opts, grad, stats)
                     fetch = copier.copy(stored) if copier is not None and residual is not None else None
                     a_host, b_host = a.cpu(), b.cpu()
                 layers.append(record)

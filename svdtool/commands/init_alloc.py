@@ -4,7 +4,9 @@ The gains come from a pass over the targets before the init itself (:mod:`svdtoo
 ``energy`` reads each weight and takes its top singular values, ``coverage`` takes the top singular values of
 each gradient (already reduced to its top triplets during estimation). A method names the statistic it is
 allocated by (``MethodSpec.rank_gain``); ``GAIN_SOURCES`` maps each statistic to the function that computes it,
-so a method that brings its own statistic (EVA's explained variance) adds one entry.
+so a method that brings its own statistic adds one entry. EVA (``rank_gain="eva"``) keeps PEFT's own
+redistribution instead (:func:`svdtool.commands.init_statistics.eva_targets`); only the record and the
+``rank_pattern``/``alpha_pattern`` output are shared.
 """
 
 from __future__ import annotations

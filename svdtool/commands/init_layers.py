@@ -90,12 +90,15 @@ def _no_match(tok: str, infos: list[TensorInfo], weights: Mapping[str, lay.Weigh
     return f"unknown target {tok!r}: no module matches it; linear module types here: {', '.join(kinds) or 'none'}"
 
 
-def lookup_gradient(source: GradientSource, t: Target) -> Any:
-    """The gradient of ``t`` as the source holds it (a read may wait for the estimate to produce it)."""
+def lookup_gradient(source: GradientSource | None, t: Target, what: str = "gradient") -> Any:
+    """The gradient (or ``what``: activation statistics) of ``t`` as the source holds it (a read may wait for the
+    estimate to produce it)."""
     try:
+        if source is None:
+            raise KeyError(t.info.name)
         return source[t.info.name] if isinstance(source, Mapping) else source(t.info.name)
     except KeyError:
-        raise SvdtoolError(f"no gradient for {t.info.name}") from None
+        raise SvdtoolError(f"no {what} for {t.info.name}") from None
 
 
 def gradient_for(g: Any, t: Target, device: torch.device) -> torch.Tensor:
@@ -119,7 +122,12 @@ def layer_options(opts: InitOptions, rank: int) -> InitOptions:
 
 
 def init_layer(
-    t: Target, w: torch.Tensor, spec: MethodSpec, opts: InitOptions, gradient: torch.Tensor | None
+    t: Target,
+    w: torch.Tensor,
+    spec: MethodSpec,
+    opts: InitOptions,
+    gradient: torch.Tensor | None,
+    statistics: Any = None,
 ) -> tuple[LayerInit, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the method on one stored weight: (record, A (r,in) fp32, B (out,r) fp32, W_res as stored).
 
@@ -138,6 +146,8 @@ def init_layer(
         res = spec.fn(w64, opts, gradient=gradient, transposed=t.transposed, source_dtype=w.dtype, name=t.info.name)
     elif spec.quantizes:  # the trainer quantises the residual as stored
         res = spec.fn(w64, opts, source_dtype=w.dtype)
+    elif spec.statistic:  # CorDA's covariance, EVA's components (keyed by tensor name)
+        res = spec.fn(w64, opts, name=t.info.name, statistics=statistics)
     else:
         res = spec.fn(w64, opts, name=t.info.name)
     a, b = res.lora_A.to(torch.float32).contiguous(), res.lora_B.to(torch.float32).contiguous()

@@ -45,4 +45,6 @@ _BUILTIN: list[str] = [
     "lora_one",
     "loftq",
     "qpissa",
+    "corda",
+    "eva",
 ]

@@ -13,7 +13,8 @@ written, on the original model.
 
 Keyword arguments a method may receive (and must otherwise ignore through ``**_``): ``name`` (the
 checkpoint tensor name, e.g. for a per-layer seed), and for ``needs_gradient`` methods ``gradient``,
-``transposed`` and ``source_dtype``.
+``transposed`` and ``source_dtype``, and for methods with a ``statistic`` ``statistics`` (CorDA's
+covariance, EVA's allocated components).
 """
 
 from __future__ import annotations
@@ -83,3 +84,6 @@ class MethodSpec:
     # The base is loaded quantised (LoftQ, QPiSSA): fn also gets ``source_dtype=`` (the residual's storage dtype,
     # which the trainer quantises) and returns the residual already rounded to it.
     quantizes: bool = False
+    # Activation statistics of the layer inputs the method takes as ``statistics=`` (:mod:`svdtool.statistics`):
+    # "corda" (CorDA's uncentred covariance) or "centred" (EVA's principal components), collected from --calib.
+    statistic: str | None = None

@@ -33,9 +33,13 @@ def _settings(result: InitResult) -> str:
         )
     if s.rank_alloc != "uniform":
         a = result.allocation
+        rule = (
+            f"PEFT's EVA redistribution, ρ = {s.extra.get('eva_rho')}"
+            if s.rank_alloc == "eva"
+            else f"greedy marginal gain per parameter, at most {a.get('rank_cap')} per layer"
+        )
         text_ += (
-            f" Ranks are allocated by {s.rank_alloc} (greedy marginal gain per parameter, at most "
-            f"{a.get('rank_cap')} per layer) within the budget of r = {s.rank} everywhere: "
+            f" Ranks are allocated by {s.rank_alloc} ({rule}) within the budget of r = {s.rank} everywhere: "
             f"{a.get('rank_params', 0):,} of {a.get('rank_budget', 0):,} parameters, gain "
             f"{a.get('rank_gain', 0):.4g} against {a.get('rank_gain_uniform', 0):.4g} at uniform rank; "
             f"layers with no adapter (rank 0): {a.get('rank_dropped', 0)}."

@@ -1,0 +1,91 @@
+"""The activation statistics ``svdtool init --method corda|eva`` needs, collected before the checkpoint is
+streamed and handed to :func:`svdtool.commands.init.run_init` as ``InitRequest.statistics``.
+
+* CorDA: each distinct input's covariance C (in, in), float64 on the host, shared by the targets that
+  receive that input.
+* EVA: each distinct input's top round(r·ρ) principal components (float64 ``eigh`` on the device),
+  then PEFT's global rank redistribution, so every target's value carries its rank k_l;
+  :func:`eva_targets` gives each target that rank (rank 0: dropped), which ``run_init`` writes as PEFT's
+  ``rank_pattern``/``alpha_pattern`` (α_l keeps s = α/r, as PEFT's ``adjust_scaling_factors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from svdtool.commands.common import Progress, SilentProgress
+from svdtool.commands.init_layers import GradientSource, Target, lookup_gradient
+from svdtool.errors import SvdtoolError
+from svdtool.statistics import ActivationRequest, ActivationStats, collect_statistics
+
+
+def activation_statistics(
+    req: ActivationRequest, statistic: str, *, rank: int, extra: dict[str, Any], progress: Progress | None = None
+) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """(statistics source keyed by tensor name, provenance scalars for ``svdtool.json``)."""
+    from svdtool.methods import eva
+
+    progress = progress or SilentProgress()
+    req.statistic = statistic
+    rho = float(extra.get("eva_rho", eva.RHO))
+    if statistic == "centred":
+        if not rho >= 1:
+            raise SvdtoolError(f"--eva-rho {rho}: must be at least 1")
+
+        def reduce(names: list[str], cov: Any, count: int) -> Any:
+            return eva.principal_components(cov, eva.max_components(rank, rho, cov.shape[0]), count)
+    else:
+
+        def reduce(names: list[str], cov: Any, count: int) -> Any:
+            return cov.cpu()
+
+    stats = collect_statistics(req, reduce, progress)
+    prov = provenance(stats)
+    if statistic == "centred":
+        ranks = eva.allocate(
+            {n: c.ratios for n, c in stats.values.items()}, dict.fromkeys(stats.values, rank), stats.groups, rho
+        )
+        values = {n: replace(c, rank=ranks[n]) for n, c in stats.values.items()}
+        prov["eva_rho"] = rho
+        prov["eva_dropped"] = sum(1 for k in ranks.values() if k == 0)
+        return values, prov
+    return stats.values, prov
+
+
+def eva_targets(targets: list[Target], stats: GradientSource | None) -> tuple[list[Target], dict[str, Any]]:
+    """The targets at the ranks EVA's redistribution gave them (rank-0 targets dropped), and the record."""
+    comps = [lookup_gradient(stats, t, "activation statistics") for t in targets]
+    ranked = [replace(t, rank=int(c.rank)) for t, c in zip(targets, comps, strict=True)]
+    kept = [t for t in ranked if t.rank > 0]
+    if not kept:
+        raise SvdtoolError("EVA gave every target rank 0 (the calibration inputs have no variance)")
+    # As --rank-alloc records it; EVA's budget is Σ r ranks (PEFT's rule), the parameters follow from it.
+    record = {
+        "rank_alloc": "eva",
+        "rank_budget": sum(t.rank * (t.in_features + t.out_features) for t in targets),
+        "rank_params": sum(t.rank * (t.in_features + t.out_features) for t in ranked),
+        "rank_gain": sum(float(c.ratios[: t.rank].sum()) for t, c in zip(ranked, comps, strict=True)),
+        "rank_gain_uniform": sum(float(c.ratios[: t.rank].sum()) for t, c in zip(targets, comps, strict=True)),
+        "rank_dropped": len(targets) - len(kept),
+    }
+    return kept, record
+
+
+def provenance(stats: ActivationStats) -> dict[str, Any]:
+    """Scalars that say where the statistics came from (kept in ``svdtool.json`` under settings.extra)."""
+    c = stats.calibration
+    return {
+        "calib": c.source,
+        "calib_sha": c.sha,
+        "calib_samples": c.used,
+        "calib_max_length": c.max_length,
+        "calib_tokens": c.tokens,
+        "calib_seed": c.seed,
+        "calib_chat_template": c.chat_template,
+        "statistics_groups": len(stats.groups),
+        "statistics_passes": stats.passes,
+        "statistics_seconds": stats.seconds,
+        "statistics_device": stats.device,
+    }
