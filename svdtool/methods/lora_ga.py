@@ -29,6 +29,7 @@ The gradient may also come as its top factors (:class:`svdtool.sketch.LowRankGra
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ DIRECTIONS = ("ArB2r", "A2rBr", "ArBr", "random")
 CONVENTIONS = ("reference", "peft")
 GAMMA = 16.0
 NITER = 4
+_GLOBAL_RNG = threading.Lock()  # held while the global generators are reseeded and drawn from
 
 
 def seeded_svd_lowrank(g: torch.Tensor, q: int, niter: int, seed: int, r: int) -> tuple[torch.Tensor, ...]:
@@ -57,7 +59,9 @@ def seeded_svd_lowrank(g: torch.Tensor, q: int, niter: int, seed: int, r: int) -
     import torch
 
     devices = [g.device] if g.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    # svd_lowrank draws from the global generators: no other thread may reseed or draw from them meanwhile
+    # (init's stream runs beside the gradient passes, whose reduce calls this).
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         u, s, v = torch.svd_lowrank(g, q=q, niter=niter)
         perm = torch.randperm(2 * r)
@@ -65,11 +69,11 @@ def seeded_svd_lowrank(g: torch.Tensor, q: int, niter: int, seed: int, r: int) -
 
 
 def seeded_randperm(n: int, seed: int) -> torch.Tensor:
+    """``torch.manual_seed(seed); torch.randperm(n)`` without touching the global generator (a private one
+    seeded alike draws the same permutation), so it is safe beside another thread's seeded draws."""
     import torch
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return torch.randperm(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 def decompose(
