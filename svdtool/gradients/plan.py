@@ -154,7 +154,7 @@ def plan_memory(
         k, m = ks[-1], ms[-1]
         return MemoryPlan(k, m, need(k, m), budget, f"as given; estimated {_gib(need(k, m))} of {_gib(budget)} free")
     k, m = ks[-1], ms[-1]
-    raise SvdtoolError(_too_big(shape, mode, offload, need(k, m), need(1, m), budget, k))
+    raise SvdtoolError(_too_big(shape, mode, offload, need(k, m), budget, k))
 
 
 def _halvings(batch_size: int) -> list[int]:
@@ -176,7 +176,7 @@ def _reason(k: int, m: int, n: int, budget: int, groups: int | None, micro: int 
     return f"{k} layer groups (micro-batch {m}) so that the float32 accumulators fit: {fit}"
 
 
-def _too_big(shape: ModelShape, mode: str, offload: bool, smallest: int, one_group: int, budget: int, k: int) -> str:
+def _too_big(shape: ModelShape, mode: str, offload: bool, smallest: int, budget: int, k: int) -> str:
     options = []
     if mode == "exact":
         options.append("--gradient sketch (no weight-sized accumulators)")
