@@ -27,7 +27,7 @@ from svdtool.errors import SvdtoolError
 from svdtool.gradients.compute import SKETCH_OVERSAMPLE, ComputeSettings, compute_gradients, micro_batches
 from svdtool.gradients.finite import check_weights
 from svdtool.gradients.graphed import width_multiple
-from svdtool.gradients.model import Target, find_targets, load_weights, model_shape, open_model
+from svdtool.gradients.model import Target, find_targets, header_targets, load_weights, model_shape, open_model
 from svdtool.gradients.passes import Timer
 from svdtool.gradients.plan import MemoryPlan, plan_memory
 from svdtool.results.gradients import CalibrationInfo, GradientInfo
@@ -234,15 +234,10 @@ def _checkpoint_infos(folder: Path) -> list[TensorInfo] | None:
 def _sketch_bytes(infos: list[TensorInfo], req: GradientRequest) -> int:
     """The float32 sketches Y (out, k) and W (l, in) of every target, for the memory plan."""
     total = 0
-    for i in infos:
-        if (
-            len(i.shape) == 2
-            and naming.layer_index(i.name) is not None
-            and naming.is_adapter_target(i.name, req.targets)
-        ):
-            out_f, in_f = i.shape  # (in, out) for Conv1D: the sum is the same to within the cap
-            k, l_ = sketch_sizes(req.sketch_rank, out_f, in_f, req.sketch_oversample)
-            total += 4 * (out_f * k + l_ * in_f)
+    for i in header_targets(infos, req.targets):
+        out_f, in_f = i.shape  # (in, out) for Conv1D: the sum is the same to within the cap
+        k, l_ = sketch_sizes(req.sketch_rank, out_f, in_f, req.sketch_oversample)
+        total += 4 * (out_f * k + l_ * in_f)
     return total
 
 

@@ -110,6 +110,15 @@ def resolve_dtype(requested: str, config: dict[str, Any] | None, device: torch.d
     return requested, None
 
 
+def header_targets(infos: list[TensorInfo], targets: list[str]) -> list[TensorInfo]:
+    """The target matrices as the checkpoint headers list them (what :func:`find_targets` finds in the model)."""
+    return [
+        i
+        for i in infos
+        if len(i.shape) == 2 and naming.layer_index(i.name) is not None and naming.is_adapter_target(i.name, targets)
+    ]
+
+
 def model_shape(config: dict[str, Any] | None, infos: list[TensorInfo], targets: list[str], dtype: str) -> ModelShape:
     """What :func:`svdtool.gradients.plan.plan_memory` needs, from config.json and the checkpoint headers."""
     import torch
@@ -119,13 +128,12 @@ def model_shape(config: dict[str, Any] | None, infos: list[TensorInfo], targets:
     hidden = int(cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model") or 0)
     inter = int(cfg.get("intermediate_size") or cfg.get("n_inner") or cfg.get("ffn_dim") or 4 * hidden)
     vocab = int(cfg.get("vocab_size") or 0)
-    weight_bytes = 0
+    weight_bytes = sum(i.numel * (itemsize if i.dtype in FLOAT_DTYPES else i.nbytes // max(i.numel, 1)) for i in infos)
     per_block: dict[int, int] = {}
-    for info in infos:
-        weight_bytes += info.numel * (itemsize if info.dtype in FLOAT_DTYPES else info.nbytes // max(info.numel, 1))
+    for info in header_targets(infos, targets):
         block = naming.layer_index(info.name)
-        if len(info.shape) == 2 and block is not None and naming.is_adapter_target(info.name, targets):
-            per_block[block] = per_block.get(block, 0) + info.numel
+        assert block is not None
+        per_block[block] = per_block.get(block, 0) + info.numel
     params = [per_block[b] for b in sorted(per_block, reverse=True)]
     return ModelShape(weight_bytes, params, hidden, inter, vocab, itemsize)
 
