@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from make_checkpoint import LLAMA2_7B, SMALL, make_llama_checkpoint  # noqa: E402
 
-from svdtool import band, bulge  # noqa: E402
 from svdtool.commands.spectrum import SpectrumRequest, run_spectrum  # noqa: E402
+from svdtool.linalg import band, bulge  # noqa: E402
 from svdtool.loading import open_checkpoint  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Probe: the two-stage eigenvalue route (svdtool/band.py) against cuSOLVER's one-stage syevd.
+"""Probe: the two-stage eigenvalue route (svdtool/linalg/band.py) against cuSOLVER's one-stage syevd.
 
     python benchmarks/probe_band.py      # needs CUDA
 
@@ -15,7 +15,7 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
-from svdtool.band import band_eigenvalues, reduce_to_band
+from svdtool.linalg.band import band_eigenvalues, reduce_to_band
 
 
 def timed(f, reps=3):
@@ -48,7 +48,7 @@ def main() -> None:
     g = random_grams(n, batch, dev)
     print("eigvalsh (syevd) per matrix s", round(timed(lambda: torch.linalg.eigvalsh(g[0])), 4), flush=True)
     bands = {}
-    from svdtool import cuda_graphs
+    from svdtool.linalg import cuda_graphs
 
     for b in (16, 32, 64):
         for graphs in (False, True):

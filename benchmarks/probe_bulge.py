@@ -1,4 +1,4 @@
-"""Probe: band → tridiagonal on the GPU (svdtool/bulge.py) against LAPACK's band solver on one CPU core.
+"""Probe: band → tridiagonal on the GPU (svdtool/linalg/bulge.py) against LAPACK's band solver on one CPU core.
 
     python benchmarks/probe_bulge.py [--json out.json]     # needs CUDA and Triton
 
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from probe_band import random_grams, timed  # benchmarks/ is the script's folder, so first on sys.path
-from svdtool import bulge, cuda_graphs
-from svdtool.band import band_eigenvalues, reduce_to_band
+from svdtool.linalg import bulge, cuda_graphs
+from svdtool.linalg.band import band_eigenvalues, reduce_to_band
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from svdtool import naming  # noqa: E402
 from svdtool.calibration import CalibRequest  # noqa: E402
 from svdtool.gradients import GradientRequest, estimate_gradients  # noqa: E402
+from svdtool.linalg.sketch import LowRankGradient, agreement  # noqa: E402
 from svdtool.loading.packaged import packaged_model  # noqa: E402
 from svdtool.methods.lora_ga import seeded_svd_lowrank  # noqa: E402
-from svdtool.sketch import LowRankGradient, agreement  # noqa: E402
 from tests.lora_ga_support import smollm2_calibration  # noqa: E402
 
 

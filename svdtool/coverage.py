@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from svdtool import linalg
+from svdtool.linalg import exact
 from svdtool.results.coverage import CoverageGroup, MatrixCoverage, Similarity
 from svdtool.spectrum import group_by
 
@@ -62,7 +62,7 @@ def top_sigma(g: torch.Tensor, device: torch.device) -> np.ndarray:
     where coverage needs them (the top ones); the tail only enters through ‖G‖_F², computed directly."""
     import torch
 
-    eig = torch.linalg.eigvalsh(linalg.gram64(g, device))
+    eig = torch.linalg.eigvalsh(exact.gram64(g, device))
     return eig.clamp_min(0).sqrt().flip(0).cpu().numpy().astype(np.float64)
 
 

@@ -1,6 +1,6 @@
 """The band-to-tridiagonal bulge chase written plainly in numpy, task after task in sweep order.
 
-The specification that svdtool.bulge's kernel (which runs the same tasks in a wavefront) must match:
+The specification that svdtool.linalg.bulge's kernel (which runs the same tasks in a wavefront) must match:
 PLASMA's hbtype1/2/3 tasks with one reflector per column. Slow (Python loops); for small tests only.
 """
 

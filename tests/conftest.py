@@ -10,7 +10,7 @@ import torch
 
 # Keep the user's real caches out of the tests, and make runs deterministic.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# Without a GPU, Triton kernels (svdtool.bulge) run in Triton's interpreter, so CI checks their code too.
+# Without a GPU, Triton kernels (svdtool.linalg.bulge) run in Triton's interpreter, so CI checks their code too.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

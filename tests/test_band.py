@@ -1,4 +1,4 @@
-"""Two-stage eigenvalues (svdtool.band) and the GPU-side pipeline that uses them, against float64 references."""
+"""Two-stage eigenvalues (svdtool.linalg.band) and the GPU-side pipeline that uses them, against float64 references."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import scipy.linalg as sl
 import torch
 
-from svdtool import band, linalg
 from svdtool.engine import band_pool
+from svdtool.linalg import band, exact
 from tests.helpers import assert_close, matrix_with_spectrum
 
 CPU = torch.device("cpu")
@@ -101,8 +101,8 @@ def test_square_small_values_refined_from_a_random_start(seed: int) -> None:
     sigma = np.linspace(2.0, 0.5, n)
     sigma[-4:] = [3e-5, 1e-6, 2e-7, 5e-9]
     w = torch.from_numpy(matrix_with_spectrum((n, n), sigma, seed))
-    lam = torch.linalg.eigvalsh(linalg.gram64(w, CPU)).numpy()
-    got, method = linalg.finish_from_gram(w, lam, CPU, "gram64-band")
+    lam = torch.linalg.eigvalsh(exact.gram64(w, CPU)).numpy()
+    got, method = exact.finish_from_gram(w, lam, CPU, "gram64-band")
     assert method == "gram64-band+inv64"
     ref = sl.svdvals(w.numpy())
     mask = ref >= 1e-6 * ref[0]
@@ -183,8 +183,8 @@ def test_gpu_spectrum_end_to_end_through_the_band_route(
     # small matrices take the band route.
     from safetensors.torch import load_file
 
-    from svdtool import bulge
     from svdtool.commands.spectrum import SpectrumRequest, run_spectrum
+    from svdtool.linalg import bulge
 
     monkeypatch.setattr(band_pool, "BAND_MIN", 8)
     monkeypatch.setattr(bulge, "ENABLED", route == "gram64-chase")
@@ -202,7 +202,7 @@ def test_gpu_spectrum_end_to_end_through_the_band_route(
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_refinement_graphed_equals_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    from svdtool import cuda_graphs
+    from svdtool.linalg import cuda_graphs
 
     n = 300
     results = {}
@@ -212,8 +212,8 @@ def test_gpu_refinement_graphed_equals_eager(monkeypatch: pytest.MonkeyPatch) ->
             sigma = np.linspace(2.0, 0.5, n)
             sigma[-3:] = [3e-5, 1e-6, 5e-9]
             w = torch.from_numpy(matrix_with_spectrum((n, n), sigma, seed))
-            lam = torch.linalg.eigvalsh(linalg.gram64(w, CPU)).numpy()
-            got, method = linalg.finish_from_gram(w.cuda(), lam, torch.device("cuda"), "gram64-band")
+            lam = torch.linalg.eigvalsh(exact.gram64(w, CPU)).numpy()
+            got, method = exact.finish_from_gram(w.cuda(), lam, torch.device("cuda"), "gram64-band")
             assert method == "gram64-band+inv64"
             ref = sl.svdvals(w.numpy())
             mask = ref >= 1e-6 * ref[0]
@@ -228,7 +228,7 @@ def test_gpu_refinement_graphed_equals_eager(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_capture_while_another_thread_uploads() -> None:
     # The reader thread keeps allocating and uploading while the GPU thread captures its graphs.
-    from svdtool import cuda_graphs
+    from svdtool.linalg import cuda_graphs
 
     done = threading.Event()
     errors: list[BaseException] = []

@@ -1,4 +1,4 @@
-"""Band → tridiagonal bulge chasing (svdtool.bulge) against float64 references.
+"""Band → tridiagonal bulge chasing (svdtool.linalg.bulge) against float64 references.
 
 Without CUDA the Triton kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set in conftest), so
 CI checks the same kernel code that a GPU compiles; the GPU tests run it compiled and graphed.
@@ -11,8 +11,8 @@ import pytest
 import scipy.linalg as sl
 import torch
 
-from svdtool import band, bulge
 from svdtool.engine import band_pool
+from svdtool.linalg import band, bulge
 from tests import bulge_reference
 from tests.helpers import assert_close, matrix_with_spectrum
 
@@ -58,7 +58,7 @@ def test_wavefront_equals_the_sweep_order(n: int, b: int) -> None:
 
 
 def test_two_stages_give_the_gram_spectrum() -> None:
-    # Dense → band (svdtool.band) → tridiagonal (svdtool.bulge) → LAPACK dsterf, against dense eigvalsh.
+    # Dense → band (svdtool.linalg.band) → tridiagonal (svdtool.linalg.bulge) → LAPACK dsterf, against dense eigvalsh.
     sigma = np.geomspace(3.0, 1e-3, 48)
     w = torch.from_numpy(matrix_with_spectrum((60, 48), sigma, 3))
     g = (w.T @ w)[None]  # (1, 48, 48)
@@ -129,7 +129,7 @@ def test_pipeline_with_the_chase_route(monkeypatch: pytest.MonkeyPatch) -> None:
 @CUDA
 @pytest.mark.parametrize("b", [16, 32, 64])
 def test_gpu_chase_graphed_equals_eager_and_dense(b: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from svdtool import cuda_graphs
+    from svdtool.linalg import cuda_graphs
 
     n = 700
     bands = torch.from_numpy(np.stack([_random_band(n, b, seed) for seed in range(3)])).cuda()

@@ -1,4 +1,4 @@
-"""svdtool.factorize against float64 ``torch.linalg.svd``: exact top-r / bottom-r, randomized, residuals."""
+"""svdtool.linalg.factorize against float64 ``torch.linalg.svd``: exact top-r / bottom-r, randomized, residuals."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from svdtool import factorize as F
+from svdtool.linalg import factorize as F
 from tests.helpers import assert_close, matrix_with_spectrum
 
 SHAPES = [(120, 80), (80, 120), (96, 96)]  # tall, wide, square

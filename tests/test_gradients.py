@@ -16,7 +16,7 @@ from svdtool.errors import SvdtoolError
 from svdtool.gradients import GradientRequest, estimate_gradients
 from svdtool.gradients.compute import split_groups
 from svdtool.gradients.model import find_targets
-from svdtool.sketch import agreement, principal_cosines
+from svdtool.linalg.sketch import agreement, principal_cosines
 from tests.helpers import assert_close
 
 
@@ -188,8 +188,8 @@ def test_sketch_on_cuda_bf16(lora_ga_tiny: dict) -> None:
 
 def _graphs(monkeypatch: pytest.MonkeyPatch, enabled: bool, adaptive: bool = False) -> None:
     """Graphs on or off; ``adaptive=False`` replays every step after the first, whatever the timing."""
-    from svdtool import cuda_graphs
     from svdtool.gradients import graphed
+    from svdtool.linalg import cuda_graphs
 
     monkeypatch.setattr(cuda_graphs, "ENABLED", enabled)
     monkeypatch.setattr(graphed, "ADAPTIVE", adaptive)

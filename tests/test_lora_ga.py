@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from svdtool.errors import SvdtoolError
+from svdtool.linalg.sketch import LowRankGradient
 from svdtool.methods import InitOptions, get_method
 from svdtool.methods.lora_ga import lora_ga
-from svdtool.sketch import LowRankGradient
 from tests.helpers import assert_close
 
 SHAPES = [(48, 20), (20, 48), (32, 32)]
@@ -294,8 +294,8 @@ def test_overlapped_stream_beside_captured_passes(
 ) -> None:
     """Two layer groups on CUDA with every step captured and replayed: the init stream writes the first group's
     residuals while the second pass captures and replays (never beside a capture); same adapter as graphs off."""
-    from svdtool import cuda_graphs
     from svdtool.gradients import graphed
+    from svdtool.linalg import cuda_graphs
 
     base = ["init", str(lora_ga_tiny["llama"]), "--method", "lora-ga", "-r", "2", "--calib", str(lora_ga_tiny["qa"]),
             "--samples", "16", "--max-length", "32", "--device", "cuda", "--grad-groups", "2"]  # fmt: skip

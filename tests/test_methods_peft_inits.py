@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from svdtool.errors import SvdtoolError
+from svdtool.linalg.sketch import LowRankGradient
 from svdtool.methods import InitOptions, get_method
-from svdtool.sketch import LowRankGradient
 from tests.helpers import assert_close, matrix_with_spectrum
 from tests.test_methods import SHAPES, rel, weight
 

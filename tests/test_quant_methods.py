@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from svdtool import factorize
+from svdtool.linalg import factorize
 from svdtool.methods import InitOptions, get_method
 from svdtool.methods.quantized import load_errors, settings
 from svdtool.quant import nf4

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from svdtool import factorize
 from svdtool.allocation import STATS, greedy, rank_gains
 from svdtool.commands.common import Progress
 from svdtool.commands.init_layers import GradientSource, Target, gradient_for, lookup_gradient
 from svdtool.errors import SvdtoolError
+from svdtool.linalg import factorize
+from svdtool.linalg.sketch import LowRankGradient
 from svdtool.loading import Checkpoint
 from svdtool.methods import METHODS, MethodSpec
-from svdtool.sketch import LowRankGradient
 
 if TYPE_CHECKING:
     import torch

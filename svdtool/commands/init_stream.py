@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svdtool import cuda_graphs, naming
+from svdtool import naming
 from svdtool.adapters.peft_format import ADAPTER_WEIGHTS, adapter_dirname, lora_key
 from svdtool.adapters.safetensors_out import (
     INDEX_NAME,
@@ -35,6 +35,7 @@ from svdtool.commands.init_layers import (
     lookup_gradient,
 )
 from svdtool.engine.work import Share
+from svdtool.linalg import cuda_graphs
 from svdtool.loading import Checkpoint, TensorInfo
 from svdtool.methods import InitOptions, MethodSpec
 from svdtool.nonfinite import TimedCheck

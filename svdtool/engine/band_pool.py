@@ -1,14 +1,14 @@
 """The GPU side of ``spectrum``: one thread driving the GPU through two-stage eigen-solves.
 
 For each matrix the GPU forms the float64 Gram matrix and reduces it, in batches of equal size, to a
-band (:mod:`svdtool.band`, ≈10–20 ms for 4096²). With Triton installed the GPU then finishes the solve
-itself (:mod:`svdtool.bulge`: bulge chasing to tridiagonal form and bisection, ≈5 ms). Without Triton a
+band (:mod:`svdtool.linalg.band`, ≈10–20 ms for 4096²). With Triton installed the GPU then finishes the solve
+itself (:mod:`svdtool.linalg.bulge`: bulge chasing to tridiagonal form and bisection, ≈5 ms). Without Triton a
 pool of CPU processes takes the band's eigenvalues (LAPACK ``dsbevd``, about a second of one core), and
 the GPU solves a matrix at once with cuSOLVER's ``syevd`` (≈0.1 s) whenever they already have enough
 queued work, so the GPU and the CPU cores stay busy together, whatever their relative speed.
 
 Finished matrices return to this thread, which refines small singular values on the GPU
-(:func:`svdtool.linalg.finish_from_gram`) before the matrix is reported.
+(:func:`svdtool.linalg.exact.finish_from_gram`) before the matrix is reported.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
-from svdtool import band, bulge, cuda_graphs, linalg
+from svdtool.linalg import band, bulge, cuda_graphs, exact
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,9 +103,9 @@ def solve_stream(
         try:
             lam = p.future.result()
         except BrokenProcessPool:  # a CPU process died: solve this one on the GPU
-            sigma, method = linalg.singular_values(p.w, device)
+            sigma, method = exact.singular_values(p.w, device)
         else:
-            sigma, method = linalg.finish_from_gram(p.w, lam, device, route)
+            sigma, method = exact.finish_from_gram(p.w, lam, device, route)
         return make(p.index, p.info, sigma, method, p.seconds + time.perf_counter() - t0, p.t_read)
 
     def ready(block: bool) -> Iterator[Any]:
@@ -148,14 +148,14 @@ def solve_stream(
             queued = len(pending) + sum(len(x) for x in waiting.values())
             banded = chase or (pool is not None and queued < processes * (1 + QUEUE_PER_PROCESS))
             if banded and min(w.shape) >= BAND_MIN:
-                g = linalg.gram64(w, device)  # (k, k) float64
+                g = exact.gram64(w, device)  # (k, k) float64
                 k = g.shape[0]
                 waiting.setdefault(k, []).append((index, info, w, t_read, g, time.perf_counter() - t0))
                 del g
                 if len(waiting[k]) == BAND_BATCH:
                     reduce(k)
             else:
-                sigma, method = linalg.singular_values(w, device)
+                sigma, method = exact.singular_values(w, device)
                 yield make(index, info, sigma, method, time.perf_counter() - t0, t_read)
             del w
             yield from ready(block=False)

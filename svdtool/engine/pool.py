@@ -17,8 +17,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from svdtool import bulge
 from svdtool.engine import band_pool
+from svdtool.linalg import bulge
 from svdtool.loading import Checkpoint, TensorInfo
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svdtool.errors import SvdtoolError
+from svdtool.linalg.sketch import LowRankGradient
 from svdtool.results.base import from_dict, to_dict
 from svdtool.results.gradients import CalibrationInfo, GradientInfo
-from svdtool.sketch import LowRankGradient
 
 if TYPE_CHECKING:
     import torch

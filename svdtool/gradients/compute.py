@@ -19,8 +19,8 @@ from svdtool.gradients.graphed import GraphStats
 from svdtool.gradients.model import Target, blocks
 from svdtool.gradients.passes import MicroBatch, PassPlan, Timer, check_chain, run_pass, stage
 from svdtool.gradients.plan import partition
+from svdtool.linalg.sketch import LowRankGradient, gaussian, recover, sketch_sizes
 from svdtool.runtime import Progress, SilentProgress
-from svdtool.sketch import LowRankGradient, gaussian, recover, sketch_sizes
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 #: Keep the stored boundary gradients on the device while they take at most this many bytes.
 DELTA_DEVICE_BYTES = 2 << 30
-#: Default range-sketch oversampling: k = 8t columns for t triplets (see :func:`svdtool.sketch.sketch_sizes`).
+#: Default range-sketch oversampling: k = 8t columns for t triplets (see :func:`svdtool.linalg.sketch.sketch_sizes`).
 SKETCH_OVERSAMPLE = 8
 
 

@@ -30,9 +30,9 @@ from svdtool.gradients.graphed import width_multiple
 from svdtool.gradients.model import Target, find_targets, header_targets, load_weights, model_shape, open_model
 from svdtool.gradients.passes import Timer
 from svdtool.gradients.plan import MemoryPlan, plan_memory
+from svdtool.linalg.sketch import LowRankGradient, sketch_sizes
 from svdtool.results.gradients import CalibrationInfo, GradientInfo
 from svdtool.runtime import Progress, SilentProgress, describe_device, resolve_device
-from svdtool.sketch import LowRankGradient, sketch_sizes
 
 if TYPE_CHECKING:
     import torch

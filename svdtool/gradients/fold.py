@@ -9,7 +9,7 @@ weights are (in, out); the fold is the same because it is written from X and δ)
   float32 result straight into the accumulator (``out_dtype``): no weight-gradient tensor in the model
   dtype ever exists, and nothing is rounded to bf16 between micro-batches.
 * :class:`SketchFold`: never forms δᵀX. It updates Y += δᵀ(XΩ) (out, k) and W += (Ψδᵀ)X (l, in), the range
-  and co-range sketches of :mod:`svdtool.sketch`, at a cost of 2T(k+l)(in+out) flops instead of 2T·in·out.
+  and co-range sketches of :mod:`svdtool.linalg.sketch`, at a cost of 2T(k+l)(in+out) flops instead of 2T·in·out.
 
 Outputs require grad because the hidden states do: the pass makes the embedding output (or a group's input)
 a leaf that requires grad (:mod:`svdtool.gradients.passes`).

@@ -28,7 +28,7 @@ captured on this setup) leaves that shape eager.
 A step is capturable because it has no host synchronisation and no data-dependent control flow: the folds of
 :mod:`svdtool.gradients.fold` update accumulators that exist before the capture, in place, and the loss
 divides by N_b held in a device tensor. Host-offloaded accumulators synchronise, so ``--offload`` runs
-eagerly. ``SVDTOOL_CUDA_GRAPHS=0`` turns graphs off (:mod:`svdtool.cuda_graphs`).
+eagerly. ``SVDTOOL_CUDA_GRAPHS=0`` turns graphs off (:mod:`svdtool.linalg.cuda_graphs`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from svdtool import cuda_graphs
+from svdtool.linalg import cuda_graphs
 
 if TYPE_CHECKING:
     import torch

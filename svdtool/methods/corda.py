@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from svdtool import factorize
 from svdtool.errors import SvdtoolError
+from svdtool.linalg import factorize
 from svdtool.methods import register
 from svdtool.methods.base import InitOptions, LoraInit, MethodSpec
 from svdtool.methods.pissa import sqrt_split
@@ -87,7 +87,7 @@ def wc_triplets(wc: torch.Tensor, r: int, mode: str) -> factorize.Triplets:
     """The first (IPM) or last (KPM) r singular triplets of W·C_d, float64.
 
     ``eigh`` of the Gram matrix on the smaller side, then Rayleigh–Ritz on W·C_d and certification
-    (:func:`svdtool.factorize.certify`, relative to σ₁ of W·C_d); a direct float64 SVD when that fails
+    (:func:`svdtool.linalg.factorize.certify`, relative to σ₁ of W·C_d); a direct float64 SVD when that fails
     (components far below σ₁·1e-8, where the squared Gram loses them). A full SVD costs ~10× more.
     """
     import torch

@@ -23,7 +23,7 @@ rounded to the base dtype *before* the offset W − s·B·A is formed in float32
 
 Options in ``InitOptions.extra``: ``direction`` (ArB2r), ``gamma`` (16), ``convention`` (reference | peft),
 ``svd`` (randomized | exact), ``oversample`` (q − 2r, default 2r so q = 4r), ``niter`` (4), ``seed`` (0).
-The gradient may also come as its top factors (:class:`svdtool.sketch.LowRankGradient`, sketch mode).
+The gradient may also come as its top factors (:class:`svdtool.linalg.sketch.LowRankGradient`, sketch mode).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from svdtool import factorize
 from svdtool.errors import SvdtoolError
+from svdtool.linalg import factorize
+from svdtool.linalg.sketch import LowRankGradient
 from svdtool.methods import register
 from svdtool.methods.base import InitOptions, LoraInit, MethodSpec
-from svdtool.sketch import LowRankGradient
 
 if TYPE_CHECKING:
     import torch

@@ -9,7 +9,7 @@ for LoRA-GA (:mod:`svdtool.gradients`). With −G = U S Vᵀ (top r, σ₁ the l
 
 Unlike LoRA-GA there is **no residual**: the base stays the original W and the starting model is W + s·B·A, one
 preconditioned gradient-descent step (the reference comments out the offset on purpose). The top r triplets are
-exact (:func:`svdtool.factorize.top_svd`, certified; the reference uses ``svd_lowrank``); with ``--gradient
+exact (:func:`svdtool.linalg.factorize.top_svd`, certified; the reference uses ``svd_lowrank``); with ``--gradient
 sketch`` they come from the sketch. ``reducer`` keeps only those r triplets of each G during estimation.
 """
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from svdtool import factorize
 from svdtool.errors import SvdtoolError
+from svdtool.linalg import factorize
+from svdtool.linalg.sketch import LowRankGradient
 from svdtool.methods import register
 from svdtool.methods.base import InitOptions, LoraInit, MethodSpec
-from svdtool.sketch import LowRankGradient
 
 if TYPE_CHECKING:
     import torch

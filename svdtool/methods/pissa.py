@@ -11,7 +11,7 @@ so s·B·A = U_r S_r V_rᵀ for any α, and W_res + s·B·A = W. This is PEFT's 
 
 Options in ``InitOptions.extra``:
 
-* ``svd``: ``exact`` (default; :func:`svdtool.factorize.top_svd`, certified) or ``randomized``;
+* ``svd``: ``exact`` (default; :func:`svdtool.linalg.factorize.top_svd`, certified) or ``randomized``;
 * ``algorithm``: the exact algorithm, ``auto`` | ``gram-cheb`` | ``svd64``;
 * ``oversample``, ``niter``, ``seed``: randomized SVD settings (seed also seeds the exact block);
 * ``compare_exact``: with ``randomized``, also compute the exact top r and record ``topr_error``,
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from svdtool import factorize
+from svdtool.linalg import factorize
 from svdtool.methods import register
 from svdtool.methods.base import InitOptions, LoraInit, MethodSpec
 

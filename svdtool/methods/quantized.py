@@ -4,7 +4,7 @@ of the residual and a rank-r fit of what quantisation lost, and the errors both 
 Notation: W (out, in) float64; s = α/r (α/√r with rsLoRA); Q(X) = the dequantised NF4 of X *as stored*
 (X rounded once to the residual's dtype, which the trainer loads and quantises; :mod:`svdtool.quant.nf4`,
 bit-exact with bitsandbytes). Each rank-r fit takes the top r triplets of its target from a float64
-Gram ``eigh`` (:func:`svdtool.factorize.gram_eigh`: a quantisation error has a flat spectrum) and splits
+Gram ``eigh`` (:func:`svdtool.linalg.factorize.gram_eigh`: a quantisation error has a flat spectrum) and splits
 them as PiSSA does, A = √(S/s)·Vᵀ, B = U·√(S/s), so s·B·A = U S Vᵀ for any α (PEFT's ``loftq_init``
 ignores s: only α = r is right there, peft#1982).
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from svdtool import factorize
+from svdtool.linalg import factorize
 from svdtool.methods.base import InitOptions, LoraInit
 from svdtool.methods.pissa import sqrt_split, triplet_meta
 from svdtool.quant import nf4

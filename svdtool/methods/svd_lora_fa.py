@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from svdtool import factorize
+from svdtool.linalg import factorize
 from svdtool.methods import register
 from svdtool.methods.base import InitOptions, LoraInit, MethodSpec
 from svdtool.methods.pissa import triplet_meta

@@ -28,7 +28,7 @@ class LayerInit:
     shape: list[int]  # as stored (GPT-2 Conv1D: [in, out])
     transposed: bool  # stored as (in, out) and decomposed as its transpose
     algorithm: str  # gram-cheb | svd64 | randomized | …
-    certified_residual: float | None  # maxᵢ ‖W vᵢ − σᵢ uᵢ‖/σ₁ (see svdtool.factorize)
+    certified_residual: float | None  # maxᵢ ‖W vᵢ − σᵢ uᵢ‖/σ₁ (see svdtool.linalg.factorize)
     sigma: list[float]  # the r singular values the adapter holds
     energy_share: float  # ‖s·B·A‖²_F / ‖W‖²_F
     reconstruction_error: float  # ‖W − (W_res + s·B·A)‖_F / ‖W‖_F with W_res as stored

@@ -7,7 +7,7 @@ Exact top r (``top_svd``), the default for PiSSA and SVD-LoRA-FA, runs ``gram-ch
 1. G = WᵀW (or WWᵀ, on the smaller side k = min(m, n)) in float64: one float64 tensor-core GEMM on
    an H100 (a few ms). Squaring costs accuracy only for the small components, not the top ones.
 2. Chebyshev-filtered subspace iteration on G with a block of b = 2r + 32 vectors and Rayleigh–Ritz
-   after every filter (:mod:`svdtool.subspace`), until every top-r Ritz pair has
+   after every filter (:mod:`svdtool.linalg.subspace`), until every top-r Ritz pair has
    ‖G v − θ v‖/(σᵢ σ₁) ≤ tol/4.
 3. One Rayleigh–Ritz step on W itself, then *certification*: the returned ``residual`` is
    maxᵢ max(‖W vᵢ − σᵢ uᵢ‖, ‖Wᵀ uᵢ − σᵢ vᵢ‖) / σ₁, computed in float64 from W; above ``tol`` the
@@ -30,8 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from svdtool import subspace
-from svdtool.linalg import GRAM_SAFE_RATIO
+from svdtool.linalg import subspace
+from svdtool.linalg.exact import GRAM_SAFE_RATIO
 
 if TYPE_CHECKING:
     import torch
@@ -233,7 +233,7 @@ def gram_eigh(w: torch.Tensor, r: int) -> Triplets:
     subspace iteration converges slowly and a randomized SVD misses about 10 % of the top-r energy."""
     import torch
 
-    from svdtool.linalg import gram64
+    from svdtool.linalg.exact import gram64
 
     _check_rank(tuple(w.shape), r)
     w64 = w.detach().to(torch.float64)

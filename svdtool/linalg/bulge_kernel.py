@@ -1,4 +1,4 @@
-"""The Triton kernel of :mod:`svdtool.bulge`: one time step of the band-to-tridiagonal bulge chase.
+"""The Triton kernel of :mod:`svdtool.linalg.bulge`: one time step of the band-to-tridiagonal bulge chase.
 
 Imported only when the GPU route runs (it imports Triton at the top). Storage, for each matrix m of
 the batch: ``ab[m, c, d] = A[c + d, c]`` (lower band storage, row length ``ld`` ≥ 2b, room for the
@@ -57,7 +57,7 @@ def _larfy(d, v, tau):
 
 @triton.jit
 def bulge_step(ab_ptr, v_ptr, tau_ptr, t, n, ld, BW: tl.constexpr, BLOCK: tl.constexpr):
-    """All tasks of time step t: task (s, k) of sweep s runs at t = 3s + k (see svdtool.bulge)."""
+    """All tasks of time step t: task (s, k) of sweep s runs at t = 3s + k (see svdtool.linalg.bulge)."""
     m = tl.program_id(0)
     s = tl.minimum(t // 3, n - 3) - tl.program_id(1)
     k = t - 3 * s

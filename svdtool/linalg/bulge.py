@@ -1,6 +1,6 @@
 """Band → tridiagonal on a GPU by bulge chasing, then the tridiagonal's eigenvalues. Pure math: no I/O.
 
-The second stage of the two-stage eigen-solve (:mod:`svdtool.band` is the first). A symmetric band
+The second stage of the two-stage eigen-solve (:mod:`svdtool.linalg.band` is the first). A symmetric band
 matrix of bandwidth b (n × n) is reduced to tridiagonal form T = Qᵀ·A·Q by Householder reflectors of
 length ≤ b, as in PLASMA/MAGMA's ``hbtype1/2/3`` kernels (Haidar, Ltaief, Dongarra 2011):
 
@@ -27,7 +27,7 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
-from svdtool import cuda_graphs
+from svdtool.linalg import cuda_graphs
 
 if TYPE_CHECKING:
     import torch
@@ -88,7 +88,7 @@ def tridiagonalize(band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Diagonal (batch, n) and subdiagonal (batch, n−1) of T = QᵀAQ for a stack of bands.
 
     ``band`` is (batch, b+1, n) in LAPACK's lower band storage (``band[:, i, j] = A[j+i, j]``, as
-    :func:`svdtool.band.reduce_to_band` returns it), float64, on a CUDA device (or on the CPU under
+    :func:`svdtool.linalg.band.reduce_to_band` returns it), float64, on a CUDA device (or on the CPU under
     ``TRITON_INTERPRET=1``, for tests). It is left as it is.
     """
     import torch
@@ -113,7 +113,7 @@ def _on(device: torch.device) -> contextlib.AbstractContextManager[object]:
 def _chase(band: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     import triton
 
-    from svdtool.bulge_kernel import bulge_step
+    from svdtool.linalg.bulge_kernel import bulge_step
 
     batch, b1, n = band.shape
     b = b1 - 1
@@ -146,7 +146,7 @@ def eigenvalues(d: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     import torch
     import triton
 
-    from svdtool.bulge_kernel import sturm_bisect
+    from svdtool.linalg.bulge_kernel import sturm_bisect
 
     batch, n = d.shape
     if n == 0:

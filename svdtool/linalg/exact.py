@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from svdtool import cuda_graphs
+from svdtool.linalg import cuda_graphs
 
 if TYPE_CHECKING:
     import torch

@@ -1,6 +1,6 @@
 """Chebyshev-filtered subspace iteration with Rayleigh–Ritz, for the top eigenpairs of G = WᵀW (or WWᵀ).
 
-Pure math, no I/O. :mod:`svdtool.factorize` drives it in two modes:
+Pure math, no I/O. :mod:`svdtool.linalg.factorize` drives it in two modes:
 
 * exact: G formed in float64, iterate until every top-r Ritz pair has a residual ‖G v − θ v‖/(σᵢσ₁)
   below a tolerance;

@@ -10,7 +10,7 @@ LAPACK's ``dsytrd_2stage`` and MAGMA) splits the work:
    trailing matrix gets the two-sided update QᵀAQ as matrix–matrix products, batched over a stack of
    equal-sized matrices. About 2n³ float64 flops per matrix on tensor cores: milliseconds; on a GPU
    the whole sequence is replayed as one captured CUDA graph.
-2. the band's eigenvalues: on a GPU with Triton, :mod:`svdtool.bulge` chases the band down to tridiagonal
+2. the band's eigenvalues: on a GPU with Triton, :mod:`svdtool.linalg.bulge` chases the band down to tridiagonal
    form and bisects (milliseconds); otherwise :func:`band_eigenvalues` uses LAPACK (``dsbevd`` through
    ``scipy.linalg.eig_banded``): O(n²b) flops in rotations, on one CPU core per matrix, so many matrices
    run side by side while the GPU reduces the next ones.
@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from svdtool import cuda_graphs
+from svdtool.linalg import cuda_graphs
 
 if TYPE_CHECKING:
     import torch
 
-#: Default bandwidth of the CPU band route (:mod:`svdtool.bulge` has its own): the CPU stage costs O(n²b), the
+#: Default bandwidth of the CPU band route (:mod:`svdtool.linalg.bulge` has its own): the CPU stage costs O(n²b), the
 #: GPU stage O(n³/b) in memory traffic; 16 was the fastest end to end on an H100 host with 16 CPU threads.
 BANDWIDTH = 16
 
@@ -49,7 +49,7 @@ def reduce_to_band(a: torch.Tensor, b: int | None = None) -> torch.Tensor:
         raise ValueError(f"expected a stack of square matrices, got shape {tuple(a.shape)}")
     if b < 1:
         raise ValueError(f"bandwidth must be ≥ 1, got {b}")
-    # On a GPU the fast reduction is replayed as one captured graph (see svdtool.cuda_graphs). It may
+    # On a GPU the fast reduction is replayed as one captured graph (see svdtool.linalg.cuda_graphs). It may
     # reduce its input slot in place: every replay first copies ``a`` into that slot.
     graphed = cuda_graphs.replay(("band", tuple(a.shape), a.dtype, a.device, b), lambda x: _reduce(x, b, True), [a])
     band, bad = graphed if graphed is not None else _reduce(a.clone(), b, fast=True)
