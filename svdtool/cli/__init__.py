@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     (:mod:`svdtool.engine.world`); only rank 0 prints, and torchrun learns the root cause of a crash
     through ``torch.distributed.elastic``'s ``record``.
     """
-    from svdtool.engine.world import env_world_size
+    from svdtool.engine.world import env_distributed
 
-    if env_world_size() > 1:
+    if env_distributed():
         from torch.distributed.elastic.multiprocessing.errors import record
 
         record(_run)(argv, True)

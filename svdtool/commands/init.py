@@ -329,9 +329,7 @@ def _result(
             "init",
             req.command,
             ckpt.meta,
-            device=f"{world.size} ranks, each {describe_device(device)}"
-            if world.distributed
-            else describe_device(device),
+            device=world.label(describe_device(device)),
             dtypes=dict(dtypes),
             methods=dict(Counter(x.algorithm for x in layers)),
             started=started,

@@ -108,7 +108,7 @@ def _device_label(device: torch.device, workers: list[Worker], helpers: int, wor
         label = f"{describe_device(device)}, {len(workers)} workers"
     else:
         label = describe_device(device)
-    return f"{world.size} ranks, each {label}" if world.distributed else label
+    return world.label(label)
 
 
 def run_spectrum(req: SpectrumRequest, progress: Progress | None = None, world: World | None = None) -> SpectrumRun:

@@ -1,7 +1,9 @@
 """The process world: one plain process, or one rank of a ``torch.distributed`` job.
 
 Any launcher that sets ``WORLD_SIZE`` (> 1), ``RANK`` and ``LOCAL_RANK`` (torchrun, SLURM with the
-usual mapping) turns distributed mode on; ``SVDTOOL_DISTRIBUTED=off`` ignores them. CPU tensors go
+usual mapping) turns distributed mode on; ``SVDTOOL_DISTRIBUTED=off`` ignores them, and
+``SVDTOOL_DISTRIBUTED=on`` takes the distributed path even at ``WORLD_SIZE=1`` (under a launcher), so that
+one GPU can measure what that path costs. CPU tensors go
 over gloo, CUDA tensors over NCCL (one rank per GPU, ``cuda:LOCAL_RANK``); object collectives always
 travel over gloo. c10d is used only for small things: rendezvous, settling errors, comparing plans
 and gathering results at rank 0.
@@ -33,7 +35,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: ``off`` makes a process ignore the launcher's WORLD_SIZE (one process per rank, each on its own).
+#: ``off`` makes a process ignore the launcher's WORLD_SIZE (one process per rank, each on its own);
+#: ``on`` joins the launcher's job even when it has one rank (measuring the distributed path on one GPU).
 SWITCH_ENV = "SVDTOOL_DISTRIBUTED"
 TIMEOUT_ENV = "SVDTOOL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -47,9 +50,13 @@ class PeerFailed(SvdtoolError):
         self.exit_code = exit_code
 
 
+def _switch() -> str:
+    return os.environ.get(SWITCH_ENV, "").strip().lower()
+
+
 def env_world_size() -> int:
     """WORLD_SIZE as the launcher set it (1 when unset, malformed, or switched off)."""
-    if os.environ.get(SWITCH_ENV, "").strip().lower() in ("off", "0", "false", "no"):
+    if _switch() in ("off", "0", "false", "no"):
         return 1
     try:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
@@ -57,9 +64,19 @@ def env_world_size() -> int:
         return 1
 
 
+def forced() -> bool:
+    """``SVDTOOL_DISTRIBUTED=on``: the distributed path even for a world of one rank."""
+    return _switch() in ("on", "1", "true", "yes", "force")
+
+
+def env_distributed() -> bool:
+    """Whether this process joins a torch.distributed job (see :data:`SWITCH_ENV`)."""
+    return env_world_size() > 1 or (forced() and "WORLD_SIZE" in os.environ)
+
+
 def env_rank() -> int:
     """This process's RANK as the launcher set it (0 in a plain run): decides who prints."""
-    if env_world_size() == 1:
+    if not env_distributed():
         return 0
     try:
         return int(os.environ.get("RANK", "0"))
@@ -83,7 +100,7 @@ def timeout_s() -> float:
 
 def setup_from_env() -> bool:
     """Join the job the launcher described, if any; True when this process joined one (see :func:`teardown`)."""
-    if env_world_size() == 1:
+    if not env_distributed():
         return False
     import torch
     import torch.distributed as dist
@@ -134,11 +151,13 @@ def current() -> World:
         return World()
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         return World()
     rank, size = dist.get_rank(), dist.get_world_size()
+    if size == 1 and not forced():
+        return World()
     local_size = _env_int("LOCAL_WORLD_SIZE", size)
-    return World(rank, size, _env_int("LOCAL_RANK", rank % local_size), local_size)
+    return World(rank, size, _env_int("LOCAL_RANK", rank % local_size), local_size, joined=True)
 
 
 @dataclass(frozen=True)
@@ -147,10 +166,11 @@ class World:
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
+    joined: bool = False  # part of a process group (of one rank too, under SVDTOOL_DISTRIBUTED=on)
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        return self.size > 1 or self.joined
 
     @property
     def main(self) -> bool:
@@ -158,6 +178,14 @@ class World:
 
     def describe(self) -> str:
         return f"rank {self.rank} of {self.size}" if self.distributed else "one process"
+
+    def label(self, device: str) -> str:
+        """The manifest's device field: ``device`` alone in one process, else what every rank used."""
+        if not self.distributed:
+            return device
+        if self.size == 1:
+            return f"1 rank (torch.distributed), {device}"
+        return f"{self.size} ranks, each {device}"
 
     def device(self, spec: str) -> torch.device:
         """``--device`` for this rank: a bare ``cuda`` (or ``auto`` on a GPU host) means ``cuda:LOCAL_RANK``."""

@@ -34,6 +34,8 @@ def _svdtool(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
         ({"WORLD_SIZE": "4", "RANK": "3"}, 4, 3),
         ({"WORLD_SIZE": "4", "RANK": "3", "SVDTOOL_DISTRIBUTED": "off"}, 1, 0),
         ({"WORLD_SIZE": "four"}, 1, 0),
+        ({"WORLD_SIZE": "1", "RANK": "0", "SVDTOOL_DISTRIBUTED": "on"}, 1, 0),
+        ({"SVDTOOL_DISTRIBUTED": "on"}, 1, 0),
     ],
 )
 def test_the_environment_decides(monkeypatch: pytest.MonkeyPatch, env: dict, size: int, rank: int) -> None:
@@ -42,6 +44,8 @@ def test_the_environment_decides(monkeypatch: pytest.MonkeyPatch, env: dict, siz
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert (world.env_world_size(), world.env_rank()) == (size, rank)
+    # Joined: a launcher's world of more than one rank, or of one when forced on (no launcher, no job).
+    assert world.env_distributed() == (size > 1 or ("WORLD_SIZE" in env and env.get("SVDTOOL_DISTRIBUTED") == "on"))
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])

@@ -62,7 +62,7 @@ def test_world_size_8_under_the_fake_process_group() -> None:
     dist.init_process_group("fake", store=dist.HashStore(), rank=5, world_size=8)
     try:
         world = current()
-        assert world == World(rank=5, size=8, local_rank=5, local_size=8)
+        assert world == World(rank=5, size=8, local_rank=5, local_size=8, joined=True)
         share = Share.of(world, LLAMA7B, {"model": "llama-7b"})  # the fake group echoes this rank's digest
         assert share.mine == plan(LLAMA7B, 8).mine(5)
         assert 25 <= len(share.mine) <= 32

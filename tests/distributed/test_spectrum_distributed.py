@@ -19,8 +19,8 @@ pytestmark = needs_fork
 RUN_FIELDS = ("device", "timings", "started", "versions")
 
 
-def _spectrum(rank: int, model: str, out: str) -> None:
-    assert current().size == 2 and current().rank == rank
+def _spectrum(rank: int, model: str, out: str, size: int = 2) -> None:
+    assert current().size == size and current().rank == rank and current().distributed
     run = run_spectrum(SpectrumRequest(model=model, device="cpu", ranks=[2, 4], command=["svdtool", "spectrum"]))
     # Every rank returns the whole run; each writes it so the test can compare them all.
     write_spectrum(run, Path(out) / f"rank{rank}")
@@ -48,6 +48,26 @@ def test_two_ranks_equal_one_process(tiny_checkpoints: dict, tmp_path: Path) -> 
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)  # bit for bit
         assert _numbers(tmp_path / f"rank{rank}") == _numbers(tmp_path / "single")
     assert "2 ranks" in json.loads((tmp_path / "rank0" / "spectrum.json").read_text())["manifest"]["device"]
+
+
+def test_one_forced_rank_equals_one_process(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SVDTOOL_DISTRIBUTED=on: the distributed path (plan check, phases, gathers) at world size 1.
+    monkeypatch.setenv("SVDTOOL_DISTRIBUTED", "on")
+    run_distributed(_spectrum, tmp_path, str(tiny_llama), str(tmp_path), 1, world=1)
+    monkeypatch.delenv("SVDTOOL_DISTRIBUTED")
+    single = run_spectrum(
+        SpectrumRequest(model=str(tiny_llama), device="cpu", ranks=[2, 4], command=["svdtool", "spectrum"])
+    )
+    write_spectrum(single, tmp_path / "single")
+    want, got = load_sigmas(tmp_path / "single"), load_sigmas(tmp_path / "rank0")
+    assert list(got) == list(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert _numbers(tmp_path / "rank0") == _numbers(tmp_path / "single")
+    manifest = json.loads((tmp_path / "rank0" / "spectrum.json").read_text())["manifest"]
+    assert manifest["device"].startswith("1 rank (torch.distributed), ")
 
 
 def _bad_include(rank: int, model: str, out: str) -> None:
