@@ -82,8 +82,12 @@ def matrix_spectrum(
     hi: float,
     seconds: float = 0.0,
     device: str = "cpu",
+    power_law: bool = True,
 ) -> MatrixSpectrum:
-    """All per-matrix metrics from the singular values; the power-law fit runs on ``device``."""
+    """All per-matrix metrics from the singular values; the power-law fit runs on ``device``.
+
+    ``power_law=False`` leaves out WeightWatcher's columns (``ww``), the one O(k²) metric.
+    """
     k = len(sigma)
     s1 = float(sigma[0]) if k else 0.0
     sk = float(sigma[-1]) if k else 0.0
@@ -115,7 +119,7 @@ def matrix_spectrum(
         in_range=hits,
         in_range_fraction=hits / k if k else 0.0,
         seconds=seconds,
-        ww=ww_metrics(sigma, shape, device),
+        ww=ww_metrics(sigma, shape, device) if power_law else None,
         mp=bulk,
         snr=spectrum_snr(sigma, shape),
         snr_mp=snr_mp(sigma, bulk.edge),

@@ -72,6 +72,21 @@ def test_table_output_has_verdict_and_types(tiny_llama: Path, capsys: pytest.Cap
     assert "verdict" not in stderr  # data on stdout, progress on stderr
 
 
+def test_no_power_law_leaves_out_only_the_fit(tiny_llama: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["spectrum", tiny_llama, "--device", "cpu", "--format", "json"]
+    code, with_fit, _ = run_cli(args, capsys)
+    assert code == 0
+    code, without, _ = run_cli([*args, "--no-power-law"], capsys)
+    assert code == 0
+    a, b = json.loads(with_fit)["matrices"], json.loads(without)["matrices"]
+    assert all(m["ww"] is not None for m in a) and all(m["ww"] is None for m in b)
+    for x, y in zip(a, b, strict=True):
+        x.pop("ww"), y.pop("ww"), x.pop("seconds"), y.pop("seconds")
+        assert x == y  # σ metrics, MP bulk and SNR unchanged
+    code, table, _ = run_cli([*args[:-2], "--no-power-law"], capsys)
+    assert code == 0 and "verdict:" in table
+
+
 def test_bf16_and_fp16_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from tests.conftest import build_tiny_model, save_tiny
 

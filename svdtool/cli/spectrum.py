@@ -45,6 +45,14 @@ StrictOpt = Annotated[
     bool,
     typer.Option("--strict", help="Exit 1 when a matrix was skipped for NaN or ±Inf values (default: warn, exit 0)."),
 ]
+PowerLawOpt = Annotated[
+    bool,
+    typer.Option(
+        "--power-law/--no-power-law",
+        help="WeightWatcher's power-law fit per matrix (alpha, xmin, D, alpha_weighted, …). --no-power-law leaves"
+        " those columns out; the other metrics, MP bulk and SNR stay.",
+    ),
+]
 CpuWorkersOpt = Annotated[
     int | None,
     typer.Option(
@@ -70,6 +78,7 @@ def spectrum(
     device: DeviceOpt = "auto",
     cpu_workers: CpuWorkersOpt = None,
     top_percent: TopPercentOpt = None,
+    power_law: PowerLawOpt = True,
     out_dir: OutOpt = None,
     fmt: FormatOpt = OutputFormat.table,
     report: ReportOpt = None,
@@ -109,6 +118,7 @@ def spectrum(
         device=device,
         cpu_workers=cpu_workers,
         top_percent=top_percent,
+        power_law=power_law,
         command=["svdtool", *sys.argv[1:]],
     )
     run = run_spectrum(request, RichProgress())

@@ -53,6 +53,7 @@ class SpectrumRequest:
     device: str = "auto"
     cpu_workers: int | None = None  # None: as many as the cores allow (see engine.pool.plan_workers)
     top_percent: int | None = None  # write Spectrum's selection of the top P% per type for Axolotl
+    power_law: bool = True  # WeightWatcher's power-law fit (α, xmin, D, …) per matrix
     command: list[str] = field(default_factory=list)
 
 
@@ -248,6 +249,7 @@ def _result(
             hi=req.hi,
             seconds=c.seconds,
             device=str(device),
+            power_law=req.power_law,
         )
         matrices.append(m)
         sigmas[c.info.name] = c.sigma
