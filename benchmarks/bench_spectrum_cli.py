@@ -110,7 +110,7 @@ def main() -> None:
     run("plain", model, work / "warmup")  # page cache and compiled kernels warm
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for k in range(a.rounds):
-        order = names[k % len(names):] + names[: k % len(names)]  # rotate, so no config always goes first
+        order = names[k % len(names) :] + names[: k % len(names)]  # rotate, so no config always goes first
         for name in order:
             r = run(name, model, work / name)
             runs[name].append(r)

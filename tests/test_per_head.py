@@ -12,7 +12,7 @@ import torch
 from svdtool import naming
 from svdtool.heads import per_head_sigma
 from svdtool.spectrum import PER_HEAD
-from tests.helpers import assert_close
+from tests.helpers import assert_close, matrix_with_spectrum
 
 # Gemma-2-style: head_dim is given and is not hidden / heads (as Gemma-2-9B's 256 ≠ 3584/16).
 CONFIG = {"hidden_size": 24, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8}
@@ -47,6 +47,18 @@ def test_split_matches_numpy_per_block(axis: int) -> None:
     expected = np.sort(np.concatenate([np.linalg.svd(b, compute_uv=False) for b in blocks]))[::-1]
     assert got.shape == (32,)
     assert_close(got, expected, "sigma")
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_gram_route_and_its_fallback_are_exact(axis: int) -> None:
+    # Head 0 has a benign spectrum (Gram eigenvalues are exact enough); head 1 reaches 1e-7·σ₁, where the
+    # Gram loses relative accuracy, so that head takes the direct SVD. Both must give the known σ.
+    benign = np.linspace(2.0, 0.5, 8)
+    steep = np.array([3.0, 1.0, 0.3, 1e-2, 1e-3, 1e-5, 1e-6, 3e-7])
+    heads = [matrix_with_spectrum((8, 24), sig, seed) for seed, sig in enumerate((benign, steep))]
+    w = np.concatenate(heads, axis=0)  # (16, 24): rows per head, as q/k/v
+    got = per_head_sigma(torch.from_numpy(w if axis == 0 else np.ascontiguousarray(w.T)), 2, 8, axis)
+    assert_close(got, np.sort(np.concatenate([benign, steep]))[::-1], "sigma")
 
 
 def test_tiny_gemma2_claim_row(tmp_path: Path) -> None:

@@ -35,9 +35,12 @@ class PerHeadTap(Checkpoint):
     def read(self, info: TensorInfo) -> torch.Tensor:
         w = self.inner.read(info)
         split = naming.head_blocks(info.name, info.shape, self.meta.config)
+        if split is None:
+            return w
+        w = w.to(self.device)  # the pool's upload of this tensor is then a no-op: one copy, not two
         # A weight with NaN/±Inf is skipped by the run (its reader-side check); its heads are not decomposed.
-        if split is not None and bool(w.isfinite().all()):
-            self.sigmas[info.name] = per_head_sigma(w.to(self.device), *split)
+        if bool(w.isfinite().all()):
+            self.sigmas[info.name] = per_head_sigma(w, *split)
         return w
 
     def close(self) -> None:

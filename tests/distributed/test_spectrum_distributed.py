@@ -50,9 +50,7 @@ def test_two_ranks_equal_one_process(tiny_checkpoints: dict, tmp_path: Path) -> 
     assert "2 ranks" in json.loads((tmp_path / "rank0" / "spectrum.json").read_text())["manifest"]["device"]
 
 
-def test_one_forced_rank_equals_one_process(
-    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_forced_rank_equals_one_process(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # SVDTOOL_DISTRIBUTED=on: the distributed path (plan check, phases, gathers) at world size 1.
     monkeypatch.setenv("SVDTOOL_DISTRIBUTED", "on")
     run_distributed(_spectrum, tmp_path, str(tiny_llama), str(tmp_path), 1, world=1)
