@@ -69,9 +69,9 @@ def _compared(req: CoverageRequest) -> dict[str, Any]:
     return fields
 
 
-def _device_label(device: torch.device, helpers: int) -> str:
+def _device_label(device: torch.device, helpers: int, world: World) -> str:
     label = describe_device(device)
-    return f"{label} + {helpers} CPU processes for band eigenvalues" if helpers else label
+    return world.label(f"{label} + {helpers} CPU processes for band eigenvalues" if helpers else label)
 
 
 def run_coverage(req: CoverageRequest, progress: Progress | None = None, world: World | None = None) -> CoverageRun:
@@ -106,7 +106,7 @@ def run_coverage(req: CoverageRequest, progress: Progress | None = None, world: 
             "coverage",
             req.command,
             est.meta,
-            device=_device_label(device, spectra.helpers),
+            device=_device_label(device, spectra.helpers, world),
             dtypes={est.info.dtype: len(matrices)},
             methods=spectra.methods,
             started=started,
