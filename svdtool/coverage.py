@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from svdtool.linalg import exact
 from svdtool.results.coverage import CoverageGroup, MatrixCoverage, Similarity
 from svdtool.spectrum import group_by
 
@@ -57,37 +56,27 @@ def frobenius_sq(g: torch.Tensor, device: torch.device) -> float:
     return float(torch.linalg.vector_norm(g.to(device=device, dtype=torch.float64)).item() ** 2)
 
 
-def top_sigma(g: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Singular values from the float64 Gram matrix (descending): accurate to ~eps64·σ₁²/σᵢ, i.e. exactly
-    where coverage needs them (the top ones); the tail only enters through ‖G‖_F², computed directly."""
-    import torch
-
-    eig = torch.linalg.eigvalsh(exact.gram64(g, device))
-    return eig.clamp_min(0).sqrt().flip(0).cpu().numpy().astype(np.float64)
-
-
 def matrix_coverage(
-    g: torch.Tensor,
+    sigma: np.ndarray,
+    frob_sq: float,
     *,
     name: str,
     module_type: str,
     layer: int | None,
+    shape: tuple[int, int],
     ranks: list[int],
-    device: torch.device,
-) -> tuple[MatrixCoverage, np.ndarray]:
-    """Coverage statistics of one gradient (out, in) and all its singular values (float64, descending)."""
-    sigma = top_sigma(g, device)
-    frob_sq = frobenius_sq(g, device)
-    m = MatrixCoverage(
+) -> MatrixCoverage:
+    """Coverage statistics of one gradient G (out, in) from all its singular values (float64, descending,
+    e.g. :func:`svdtool.linalg.exact.singular_values`) and ‖G‖_F² (:func:`frobenius_sq`, from G itself)."""
+    return MatrixCoverage(
         name=name,
         module_type=module_type,
         layer=layer,
-        shape=[int(g.shape[0]), int(g.shape[1])],
+        shape=[int(shape[0]), int(shape[1])],
         frobenius=float(np.sqrt(frob_sq)),
         top_singular_values=[float(s) for s in sigma[:TOP_IN_JSON]],
         coverage=coverage_from_sigma(sigma, frob_sq, coverage_levels(ranks)),
     )
-    return m, sigma
 
 
 def similarity(g_b: torch.Tensor, g_ref: torch.Tensor, batch_size: int) -> Similarity:

@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from svdtool import coverage
 from svdtool.cli import app
+from svdtool.commands.coverage_matrices import gradient_coverage
 from svdtool.errors import SvdtoolError
+from svdtool.linalg import exact
 from svdtool.results import load_json
 from svdtool.results.coverage import CoverageResult, MatrixCoverage, Similarity
 from tests.helpers import assert_close, matrix_with_spectrum
@@ -22,26 +24,60 @@ from tests.lora_ga_support import cli_args
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("shape", [(40, 24), (24, 40), (32, 32)], ids=["tall", "wide", "square"])
+CPU = torch.device("cpu")
+SHAPES = {"tall": (40, 24), "wide": (24, 40), "square": (32, 32)}
+
+
+def _previous(g: torch.Tensor, ranks: list[int]) -> tuple[np.ndarray, dict[str, float]]:
+    """What coverage computed before it went through the engine: sqrt(eigvalsh) of the float64 Gram matrix."""
+    lam = torch.linalg.eigvalsh(exact.gram64(g, CPU))
+    sigma = lam.clamp_min(0).sqrt().flip(0).numpy()
+    frob_sq = coverage.frobenius_sq(g, CPU)
+    return sigma, coverage.coverage_from_sigma(sigma, frob_sq, coverage.coverage_levels(ranks))
+
+
+def _gradients(dtype: torch.dtype, seed: int, tail: list[float]) -> dict[str, torch.Tensor]:
+    """A tall, a wide and a square G with σ from 5 down to 5e-2, the last values replaced by ``tail``."""
+    out = {}
+    for i, (kind, shape) in enumerate(SHAPES.items()):
+        sigma = np.geomspace(5.0, 5e-2, min(shape))
+        sigma[len(sigma) - len(tail) :] = tail
+        g = matrix_with_spectrum(shape, sigma, seed + 10 * i)
+        out[f"model.layers.{i}.self_attn.{kind}.weight"] = torch.from_numpy(g).to(dtype)
+    return out
+
+
+@pytest.mark.parametrize("tail", [[], [3e-7, 1e-8, 0.0]], ids=["gram", "refined"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_coverage_matches_float64(shape: tuple[int, int], dtype: torch.dtype, seed: int) -> None:
-    k = min(shape)
-    sigma = np.geomspace(5.0, 1e-3, k)
-    g64 = matrix_with_spectrum(shape, sigma, seed)
-    g = torch.from_numpy(g64).to(dtype)
-    m, s = coverage.matrix_coverage(
-        g, name="x", module_type="q_proj", layer=0, ranks=[2, 5], device=torch.device("cpu")
-    )
-    # float64 reference from the matrix as the method saw it
-    ref = np.linalg.svd(g.double().numpy(), compute_uv=False)
-    frob2 = float((g.double().numpy() ** 2).sum())
-    assert_close(m.frobenius, np.sqrt(frob2), "metric")
-    for kk in (2, 4, 5, 10):
-        assert_close(m.coverage[str(kk)], (ref[:kk] ** 2).sum() / frob2, "metric", f"k={kk}")
-    assert_close(np.array(m.top_singular_values[:8]), ref[:8], "sigma")
-    assert_close(s[:8], ref[:8], "sigma")
-    assert sorted(m.coverage, key=int) == ["2", "4", "5", "10"]
+def test_coverage_through_the_engine_equals_float64(dtype: torch.dtype, seed: int, tail: list[float]) -> None:
+    """Tall, wide and square gradients through the engine's pool from memory: σ and coverage equal the
+    previous float64 Gram results where those were accurate, and a float64 SVD everywhere (small values
+    refined as for weights, and said so in ``methods``)."""
+    grads = _gradients(dtype, seed, tail)
+    ranks = [2, 5]
+    shapes = {n: (int(g.shape[0]), int(g.shape[1])) for n, g in grads.items()}
+    got = gradient_coverage(grads, shapes, ranks=ranks, device=CPU)
+    assert [m.name for m in got.matrices] == list(grads) and list(got.sigmas) == list(grads)
+    want_methods = {"gram64": 3} if not tail else {"svd64": 2, "gram64+inv64": 1}
+    assert got.methods == want_methods
+    for m in got.matrices:
+        g = grads[m.name]
+        sigma = got.sigmas[m.name]
+        ref = np.linalg.svd(g.double().numpy(), compute_uv=False)  # float64 reference of G as stored
+        frob2 = float((g.double().numpy() ** 2).sum())
+        old_sigma, old_cov = _previous(g, ranks)
+        big = ref >= 1e-3 * ref[0]  # the previous Gram values are accurate to ~eps·(σ₁/σᵢ)² here
+        assert_close(sigma[big], old_sigma[big], "sigma", m.name)
+        assert_close(sigma[big], ref[big], "sigma", m.name)
+        # The small ones, refined: a float64 SVD's accuracy, in units of σ₁ (zero stays zero).
+        assert_close(sigma / ref[0], ref / ref[0], "eig64_backward", m.name)
+        for k in ("2", "4", "5", "10"):
+            assert_close(m.coverage[k], old_cov[k], "metric", f"{m.name} k={k}")
+            assert_close(m.coverage[k], (ref[: int(k)] ** 2).sum() / frob2, "metric", f"{m.name} k={k}")
+        assert_close(m.frobenius, np.sqrt(frob2), "metric")
+        assert_close(np.array(m.top_singular_values), sigma[: coverage.TOP_IN_JSON], "exact64")
+        assert sorted(m.coverage, key=int) == ["2", "4", "5", "10"] and m.shape == list(g.shape)
 
 
 def test_coverage_edge_cases() -> None:
@@ -86,7 +122,9 @@ def _tiny_args(tiny: dict, *extra: str) -> list[str]:
 
 def test_cli_table_json_and_out(lora_ga_tiny: dict, tmp_path: Path) -> None:
     out_dir = tmp_path / "cov"
-    res = runner.invoke(app, _tiny_args(lora_ga_tiny, "--out", str(out_dir)))
+    res = runner.invoke(
+        app, _tiny_args(lora_ga_tiny, "--out", str(out_dir), "--grad-cache", str(tmp_path / "g.safetensors"))
+    )
     assert res.exit_code == 0, res.output
     assert "Gradient coverage by a rank-r / rank-2r adapter" in res.output and "q_proj" in res.output
     saved = load_json(CoverageResult, out_dir / CoverageResult.JSON)
@@ -98,6 +136,18 @@ def test_cli_table_json_and_out(lora_ga_tiny: dict, tmp_path: Path) -> None:
     sig = load_file(str(out_dir / CoverageResult.SIDECAR))
     m0 = saved.matrices[0]
     assert_close(sig[m0.name][: len(m0.top_singular_values)], np.array(m0.top_singular_values), "exact64")
+    # Every σ and coverage level against float64 from the gradients themselves (kept by --grad-cache); the
+    # methods say how the σ were found (few calibration tokens: low-rank G, whose small σ are refined).
+    grads = load_file(str(tmp_path / "g.safetensors"))
+    assert sum(saved.manifest.methods.values()) == 14 and set(saved.manifest.methods) <= {
+        "gram64", "gram64+inv64", "svd64"
+    }  # fmt: skip
+    for m in saved.matrices:
+        ref = np.linalg.svd(grads[m.name].astype(np.float64), compute_uv=False)
+        assert_close(sig[m.name] / ref[0], ref / ref[0], "sigma_contract", m.name)
+        frob2 = float((grads[m.name].astype(np.float64) ** 2).sum())
+        for k, value in m.coverage.items():
+            assert_close(value, min((ref[: int(k)] ** 2).sum() / frob2, 1.0), "metric", f"{m.name} k={k}")
     res = runner.invoke(app, _tiny_args(lora_ga_tiny, "--format", "json"))
     assert res.exit_code == 0
     data = json.loads(res.stdout)

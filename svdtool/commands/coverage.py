@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,13 +16,18 @@ from svdtool.commands.common import (
     SilentProgress,
     describe_device,
     manifest,
-    resolve_device,
     utc_now,
     write_result_with_sigmas,
 )
+from svdtool.commands.coverage_matrices import gradient_coverage
+from svdtool.engine.work import request_fields
+from svdtool.engine.world import World, current
 from svdtool.errors import SvdtoolError
 from svdtool.gradients import GradientRequest, estimate_gradients
 from svdtool.results.coverage import CoverageOptions, CoverageResult
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -56,8 +62,21 @@ def _check(req: CoverageRequest) -> None:
     g.snapshots = sorted(set(req.batch_sizes))
 
 
-def run_coverage(req: CoverageRequest, progress: Progress | None = None) -> CoverageRun:
-    """Gradients (or a matching ``--grad-cache``), then coverage per matrix and summaries."""
+def _compared(req: CoverageRequest) -> dict[str, Any]:
+    """What the ranks must agree on: the request, with the gradient request's own compared fields."""
+    fields = request_fields(req)
+    fields["gradient"] = request_fields(req.gradient)
+    return fields
+
+
+def _device_label(device: torch.device, helpers: int, world: World) -> str:
+    label = describe_device(device)
+    return world.label(f"{label} + {helpers} CPU processes for band eigenvalues" if helpers else label)
+
+
+def run_coverage(req: CoverageRequest, progress: Progress | None = None, world: World | None = None) -> CoverageRun:
+    """Gradients (or a matching ``--grad-cache``), then coverage per matrix (:mod:`.coverage_matrices`) and
+    summaries. The σ of the gradients come from the engine's pool, as ``spectrum``'s of weights do."""
     progress = progress or SilentProgress()
     _check(req)
     started = utc_now()
@@ -66,37 +85,30 @@ def run_coverage(req: CoverageRequest, progress: Progress | None = None) -> Cove
     if req.batch_sizes and est.info.from_cache:
         raise SvdtoolError("--batch-sizes needs a fresh estimate (the cache holds only the reference gradient)")
     t_grad = time.perf_counter() - t0
-    device = resolve_device(req.gradient.device)
-    matrices, sigmas = [], {}
-    progress.start("coverage", len(est.shapes))
+    world = world or current()
+    with world.phase():
+        device = world.device(req.gradient.device)  # under torchrun a bare cuda is this rank's GPU
     t1 = time.perf_counter()
-    try:
-        for name in est.shapes:
-            g = est.grads[name]
-            m, sigma = coverage.matrix_coverage(
-                g,
-                name=name,
-                module_type=naming.module_type(name),
-                layer=naming.layer_index(name),
-                ranks=req.ranks,
-                device=device,
-            )
-            for b in sorted(est.snapshots):
-                m.similarity.append(coverage.similarity(est.snapshots[b][name].to(g.device), g, b))
-            matrices.append(m)
-            sigmas[name] = sigma
-            progress.advance(name)
-    finally:
-        progress.finish()
+    spectra = gradient_coverage(
+        est.grads,  # the gradients this process holds: all of them
+        est.shapes,
+        ranks=req.ranks,
+        device=device,
+        snapshots=est.snapshots,
+        args=_compared(req),
+        world=world,
+        progress=progress,
+    )
+    matrices = spectra.matrices
     t_math = time.perf_counter() - t1
     result = CoverageResult(
         manifest=manifest(
             "coverage",
             req.command,
             est.meta,
-            device=describe_device(device),
+            device=_device_label(device, spectra.helpers, world),
             dtypes={est.info.dtype: len(matrices)},
-            methods={"gram64": len(matrices)},
+            methods=spectra.methods,
             started=started,
             timings={"gradients": t_grad, "coverage": t_math, "total": time.perf_counter() - t0},
             extra_versions=("transformers",),
@@ -119,7 +131,7 @@ def run_coverage(req: CoverageRequest, progress: Progress | None = None) -> Cove
         by_module_type=coverage.summarize(matrices, "module_type", req.ranks, order=naming.type_sort_key),
         by_layer=coverage.summarize(matrices, "layer", req.ranks),
     )
-    return CoverageRun(result, sigmas)
+    return CoverageRun(result, spectra.sigmas)
 
 
 def write_coverage(run: CoverageRun, out_dir: Path) -> list[Path]:

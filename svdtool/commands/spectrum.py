@@ -179,8 +179,6 @@ def _compute(
     check: TimedCheck,
 ) -> tuple[list[Computed], list[SkippedTensor]]:
     """The local pool over ``infos``: one Computed per finite matrix (completion order), and the damaged ones."""
-    import torch
-
     done: list[Computed] = []
     broken: list[SkippedTensor] = []
     if not infos:
@@ -196,17 +194,12 @@ def _compute(
         progress.advance(info.name, info.nbytes)
         return False
 
-    # Float64 products never use TF32; turn it off anyway so no Gram product can be float32-TF32.
-    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         on_done = lambda c: progress.advance(c.info.name, c.info.nbytes)  # noqa: E731
         # closing(): an interrupt between two items must still stop and join the threads, here and now.
         with closing(compute_all(ckpt, infos, workers, on_done, helpers, keep)) as computed:
-            for c in computed:
-                done.append(c)
+            done = list(computed)
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
         progress.finish()
     return done, broken
 

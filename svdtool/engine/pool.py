@@ -78,7 +78,8 @@ def compute_all(
 
     ``helpers`` CPU processes finish the GPU worker's eigen-solves (see :func:`plan_workers`).
     ``keep(info, W)``, called on the reader thread with W on the device, drops a tensor when it returns
-    False (``spectrum`` skips matrices with NaN or ±Inf before any math).
+    False (``spectrum`` skips matrices with NaN or ±Inf before any math). Close the generator (``closing``)
+    so that an interrupt between two items stops and joins the threads at once.
     """
     import torch
 
@@ -137,6 +138,10 @@ def compute_all(
     threads += [
         threading.Thread(target=work, args=(w, pool if w.device.type == "cuda" else None), daemon=True) for w in workers
     ]
+    # Float64 products never use TF32; turn it off anyway, while the workers run, so that no Gram product
+    # can be float32-TF32.
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     for t in threads:
         t.start()
     exited = 0
@@ -169,6 +174,7 @@ def compute_all(
                 t.join(timeout=0.05)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 
 
 class _WorkerExit:

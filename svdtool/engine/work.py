@@ -1,6 +1,6 @@
 """One home for per-matrix work: the plan, this process's share, and the results back at rank 0.
 
-``spectrum`` and the SVD inits use it the same way, in one process or across the ranks of a
+``spectrum``, the SVD inits and ``coverage`` use it the same way, in one process or across the ranks of a
 ``torchrun`` job::
 
     share = Share.of(world, jobs, args=request_fields)   # same plan on every rank, checked
