@@ -12,9 +12,6 @@ TOL: dict[str, tuple[float, float]] = {
     "exact64": (1e-12, 0.0),  # float64 against float64 computed differently
     "reordered64": (0.0, 1e-11),  # float64 similarities of O(1) entries, same steps in another order
     "sigma": (1e-9, 0.0),  # svdtool σ against scipy float64 σ (relative, every value)
-    # σ/σ₁ of svdtool's exact σ against a float64 SVD, all values: Gram values (≥ 1e-4·σ₁) err by ≈ eps·σ₁/(2σᵢ),
-    # smaller ones are refined (linalg.exact's contract)
-    "sigma_contract": (0.0, 5e-12),
     "metric": (1e-9, 1e-12),  # derived metrics against hand computations
     "fp32": (1e-5, 1e-6),  # float32 arithmetic
     "fp32_logits": (1e-4, 1e-4),  # model outputs through float32 layers

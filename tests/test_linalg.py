@@ -114,3 +114,17 @@ def test_gpu_matches_scipy(shape: tuple[int, int]) -> None:
     lam = torch.linalg.eigvalsh(exact.gram64(w, torch.device("cpu"))).numpy()
     got, _ = exact.finish_from_gram(w.cuda(), lam, torch.device("cuda"), "test")  # random-start refinement
     assert_close(got, sl.svdvals(w.double().numpy()), "sigma")
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_unrefined_keeps_the_gram_values_and_says_so(shape: tuple[int, int]) -> None:
+    # refine=False (coverage): values below GRAM_SAFE_RATIO·σ₁ stay the Gram's; σ² is still exact to eps·σ₁².
+    sigma = np.geomspace(3.0, 1e-7, min(shape))
+    w = torch.from_numpy(matrix_with_spectrum(shape, sigma, 3))
+    ref = sl.svdvals(w.numpy())
+    got, method = exact.singular_values(w, CPU, refine=False)
+    assert method == "gram64+unrefined"
+    assert_close((got / ref[0]) ** 2, (ref / ref[0]) ** 2, "eig64_backward")
+    refined, method = exact.singular_values(w, CPU)
+    assert method in ("svd64", "gram64+inv64")
+    assert_close(refined, ref, "sigma")

@@ -1,14 +1,15 @@
 """``coverage``'s per-matrix work through the engine, as ``spectrum`` does it for weights.
 
-A job is one target gradient G (out, in), costed like a weight of that shape (:func:`matrix_cost`). The
-plan is built from the shapes alone, so every rank builds the same one (:class:`~svdtool.engine.work.Share`).
-Each rank takes the σ of its own jobs from the gradients it holds (:class:`InMemory`: in memory, or a
-``--grad-cache`` read one gradient at a time), through the local pool: on a GPU the batched two-stage
-pipeline (dense → band on the GPU, then the bulge chase on the GPU or band eigenvalues in CPU processes),
-on a CPU the Gram route on every core. Small values are
-refined exactly as for weights (:func:`svdtool.linalg.exact.finish_from_gram`), and every matrix reports
-the method that produced its σ. ‖G‖_F and the batch-size similarities are computed beside it, on the same
-rank. The results then reach every rank (``share.collect``), ordered as the shapes are.
+A job is one target gradient G (out, in), costed like a weight of that shape (:func:`matrix_cost`). The plan
+is built from the shapes alone, so every rank builds the same one (:class:`~svdtool.engine.work.Share`). Each
+rank takes the σ of its own jobs from the gradients it holds (:class:`InMemory`: in memory, or a ``--grad-
+cache`` read one gradient at a time), through the local pool: on a GPU the batched two-stage pipeline (dense →
+band on the GPU, then the bulge chase on the GPU or band eigenvalues in CPU processes), on a CPU the Gram
+route on every core. Unlike weights, values below ``GRAM_SAFE_RATIO``·σ₁ are not refined (``refine=False`` of
+:func:`svdtool.linalg.exact.finish_from_gram`): coverage uses σ², which the Gram gives to eps64·σ₁² absolute,
+and refining would cost a float64 SVD of almost every gradient (their spectra decay steeply). Every matrix
+reports the method that produced its σ. ‖G‖_F and the batch-size similarities are computed beside it, on the
+same rank. The results then reach every rank (``share.collect``), ordered as the shapes are.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def _local(
     try:
         advance = lambda c: progress.advance(c.info.name)  # noqa: E731
         # closing(): an interrupt between two items must still stop and join the threads, here and now.
-        with closing(compute_all(src, src.tensors(), workers, advance, helpers, measure)) as computed:
+        with closing(compute_all(src, src.tensors(), workers, advance, helpers, measure, refine=False)) as computed:
             done = list(computed)
     finally:
         torch.set_num_threads(threads)

@@ -86,11 +86,13 @@ def solve_stream(
     processes: int,
     make: Callable[[int, TensorInfo, np.ndarray, str, float, float], Any],
     stop: threading.Event | None = None,
+    refine: bool = True,
 ) -> Iterator[Any]:
     """Singular values of each (index, info, W on ``device``, read seconds), in completion order.
 
     ``make(index, info, sigma, method, seconds, read_seconds)`` builds what is yielded. Once ``stop`` is
-    set (an error elsewhere, or Ctrl-C), queued bands are dropped instead of finished.
+    set (an error elsewhere, or Ctrl-C), queued bands are dropped instead of finished. ``refine=False``:
+    see :func:`svdtool.linalg.exact.finish_from_gram`.
     """
     import torch
 
@@ -103,9 +105,9 @@ def solve_stream(
         try:
             lam = p.future.result()
         except BrokenProcessPool:  # a CPU process died: solve this one on the GPU
-            sigma, method = exact.singular_values(p.w, device)
+            sigma, method = exact.singular_values(p.w, device, refine)
         else:
-            sigma, method = exact.finish_from_gram(p.w, lam, device, route)
+            sigma, method = exact.finish_from_gram(p.w, lam, device, route, refine)
         return make(p.index, p.info, sigma, method, p.seconds + time.perf_counter() - t0, p.t_read)
 
     def ready(block: bool) -> Iterator[Any]:
@@ -155,7 +157,7 @@ def solve_stream(
                 if len(waiting[k]) == BAND_BATCH:
                     reduce(k)
             else:
-                sigma, method = exact.singular_values(w, device)
+                sigma, method = exact.singular_values(w, device, refine)
                 yield make(index, info, sigma, method, time.perf_counter() - t0, t_read)
             del w
             yield from ready(block=False)

@@ -73,6 +73,7 @@ def compute_all(
     on_done: Callable[[Computed], None],
     helpers: int = 0,
     keep: Callable[[TensorInfo, torch.Tensor], bool] | None = None,
+    refine: bool = True,
 ) -> Generator[Computed, None, None]:
     """Yield one :class:`Computed` per tensor, in completion order; ``on_done`` is called under a lock.
 
@@ -122,7 +123,7 @@ def compute_all(
         ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
         try:
             with ctx:
-                for done in band_pool.solve_stream(items(), worker.device, pool, helpers, make, stop):
+                for done in band_pool.solve_stream(items(), worker.device, pool, helpers, make, stop, refine):
                     with lock:
                         on_done(done)
                     results.put(done)

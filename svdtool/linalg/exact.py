@@ -66,8 +66,10 @@ def svdvals64(w: torch.Tensor, device: torch.device) -> np.ndarray:
     return s.cpu().numpy().astype(np.float64, copy=False)
 
 
-def singular_values(w: torch.Tensor, device: torch.device) -> tuple[np.ndarray, str]:
+def singular_values(w: torch.Tensor, device: torch.device, refine: bool = True) -> tuple[np.ndarray, str]:
     """All singular values of a 2-D weight, descending, float64, with the method that computed them.
+
+    ``refine=False`` keeps the Gram values below ``GRAM_SAFE_RATIO``·σ₁ (see :func:`finish_from_gram`).
 
     Everything runs on ``device``; a GPU's eigen-solve here is cuSOLVER's one-stage ``syevd``
     (:mod:`svdtool.engine.band_pool` shares the work with CPU cores instead).
@@ -79,20 +81,28 @@ def singular_values(w: torch.Tensor, device: torch.device) -> tuple[np.ndarray, 
     if w.numel() == 0:
         return np.zeros(0), "empty"
     lam = torch.linalg.eigvalsh(gram64(w, device))
-    return finish_from_gram(w, lam.cpu().numpy(), device, "gram64")
+    return finish_from_gram(w, lam.cpu().numpy(), device, "gram64", refine)
 
 
-def finish_from_gram(w: torch.Tensor, lam: np.ndarray, device: torch.device, method: str) -> tuple[np.ndarray, str]:
+def finish_from_gram(
+    w: torch.Tensor, lam: np.ndarray, device: torch.device, method: str, refine: bool = True
+) -> tuple[np.ndarray, str]:
     """Singular values of W from the ascending eigenvalues ``lam`` of its Gram matrix (see :func:`gram64`).
 
     Values below ``GRAM_SAFE_RATIO``·σ₁ are recomputed: by :func:`_refine_smallest` for a square W,
     else by a direct float64 SVD. ``method`` names the eigen-solver, for the manifest.
+
+    ``refine=False`` keeps them as they are: each σᵢ² is then exact to about eps64·σ₁² *absolute*, which
+    is all that sums of σ² (energies, coverage) need, while σᵢ itself loses relative accuracy below
+    ``GRAM_SAFE_RATIO``·σ₁. The method is then suffixed ``+unrefined`` where such values exist.
     """
     sigma = _sqrt_desc(lam)
     s1 = sigma[0]
     small = int(np.count_nonzero(sigma < GRAM_SAFE_RATIO * s1)) if s1 > 0 else 0
     if small == 0:
         return sigma, method
+    if not refine:
+        return sigma, method + "+unrefined"
     rows, cols = w.shape
     if rows == cols and small <= max(8, rows // 8):
         refined = _refine_smallest(w, small, device)
