@@ -2,8 +2,8 @@
 
 A job is one target gradient G (out, in), costed like a weight of that shape (:func:`matrix_cost`). The plan
 is built from the shapes alone, so every rank builds the same one (:class:`~svdtool.engine.work.Share`). Each
-rank takes the σ of its own jobs from the gradients it holds (:class:`InMemory`: in memory, or a ``--grad-
-cache`` read one gradient at a time), through the local pool: on a GPU the batched two-stage pipeline (dense →
+rank takes the σ of its own jobs from the gradients it holds (:class:`InMemory`: in memory, or a
+``--grad-cache`` read one gradient at a time), through the local pool: on a GPU the batched two-stage pipeline (dense →
 band on the GPU, then the bulge chase on the GPU or band eigenvalues in CPU processes), on a CPU the Gram
 route on every core. Unlike weights, values below ``GRAM_SAFE_RATIO``·σ₁ are not refined (``refine=False`` of
 :func:`svdtool.linalg.exact.finish_from_gram`): coverage uses σ², which the Gram gives to eps64·σ₁² absolute,
