@@ -17,6 +17,9 @@ as a subprocess with page cache warm:
 * ``warmup``: ``floor`` once more, first and left out of the table: the first process after a machine starts
   runs its passes up to 20% slower (measured), whichever tool it is.
 * ``svdtool-exact-nographs``: ``svdtool-exact`` with ``SVDTOOL_CUDA_GRAPHS=0`` (what the graph trial costs).
+* ``…-torchrun1``: any svdtool config under ``torchrun --standalone --nproc-per-node 1`` (the launcher's cost;
+  the single-process path runs); ``…-forced1``: the same with ``SVDTOOL_DISTRIBUTED=on``, i.e. the distributed
+  path (FSDP2-sharded weights, sharded accumulators, collectives) at world size 1, with its memory per rank.
 
 Each row: wall time of the process, its phases (start-up and imports = wall − the run's own total), the
 peak allocated device memory the process reports, and the peak device memory in use seen by polling
@@ -152,6 +155,12 @@ def run_one(name: str, model: Path, calib: Path, work: Path, a: argparse.Namespa
     if name.endswith("-nographs"):
         env["SVDTOOL_CUDA_GRAPHS"] = "0"
         name = name.removesuffix("-nographs")
+    launcher: list[str] = []
+    for suffix in ("-torchrun1", "-forced1"):
+        if name.endswith(suffix):
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+            env["SVDTOOL_DISTRIBUTED"] = "on" if suffix == "-forced1" else "auto"
+            name = name.removesuffix(suffix)
     if name in ("peft", "floor", "warmup"):
         cmd = [sys.executable, str(HERE / "peft_lora_ga.py"), str(model), str(calib), str(out)]
         cmd += ["--rank", str(a.rank), "--alpha", str(a.alpha), "--samples", str(a.samples)]
@@ -159,6 +168,8 @@ def run_one(name: str, model: Path, calib: Path, work: Path, a: argparse.Namespa
         cmd += ["--floor"] if name in ("floor", "warmup") else []
     else:
         cmd = svdtool_cmd(name, model, calib, out, a)
+        if launcher:
+            cmd = [*launcher, *cmd[1:]]  # ``-m svdtool …`` after the launcher's own arguments
     with DevicePoll() as poll:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
