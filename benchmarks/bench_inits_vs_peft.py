@@ -335,7 +335,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             f"{agreement_text(res.get('agreement'))}"
         )
     lines.append("layers: decoder layers of Llama-2-7B shape in the checkpoint (both tools, same folder); init s: "
-                 "svdtool statistics + math, PEFT its init calls (preprocess_corda / get_eva_state_dict + "
+                 "svdtool statistics + math, PEFT its init calls (preprocess_corda / initialize_lora_eva_weights + "
                  "get_peft_model); peak: torch.cuda.max_memory_allocated of each process")  # fmt: skip
     return "\n".join(lines)
 

@@ -12,7 +12,8 @@ the base changes (OLoRA, CorDA, LoftQ), unload and save the base. Token sequence
 the tokenizer's ids with special tokens, cut to --max-length, in file order; CorDA runs one sample per forward
 (PEFT's hook needs batch 1), EVA right-padded batches with attention mask and labels (−100 on pads).
 
-* EVA: PEFT's ``get_eva_state_dict`` cycles its loader until every layer's components converge, with no cap;
+* EVA: ``get_peft_model`` then ``initialize_lora_eva_weights(peft_model, loader)``, whose ``get_eva_state_dict``
+  cycles the loader until every layer's components converge, with no cap;
   past ``--max-batches`` batches every layer is marked converged, so the loop ends with what PEFT has then (the
   JSON says whether the cap was hit).
 * LoftQ: α = r, the only α PEFT's ``loftq_init`` is right for (peft#1982). ``loftq_init`` hard-codes CUDA/XPU;
@@ -120,7 +121,7 @@ def main() -> None:
         pm = get_peft_model(model, cfg)
         lap("init")
     else:  # eva
-        from peft import EvaConfig, get_eva_state_dict, initialize_lora_eva_weights
+        from peft import EvaConfig, initialize_lora_eva_weights
         from peft.tuners.lora.eva import SVDHook
 
         cfg = LoraConfig(init_lora_weights="eva", eva_config=EvaConfig(rho=args.rho), **common)  # type: ignore[arg-type]
@@ -131,19 +132,20 @@ def main() -> None:
         def forward(m: Any, inputs: dict[str, torch.Tensor]) -> Any:
             seen[0] += 1
             if seen[0] > args.max_batches:  # cap PEFT's uncapped cycle: take what it has now
-                for mod in model.modules():
+                for mod in m.modules():
                     for h in mod._forward_hooks.values():
                         if isinstance(h, SVDHook):
                             h.converged[:] = True
                 return None
             return m(**inputs)
 
-        state = get_eva_state_dict(model, loader, cfg, forward_fn=forward, show_progress_bar=False)
+        # PEFT's documented route: get_eva_state_dict runs on the PeftModel, so its keys match the LoRA layers (one
+        # computed on the bare model lacks "base_model.model.": PEFT then warns and keeps random A everywhere)
+        pm = get_peft_model(model, cfg, low_cpu_mem_usage=True)
+        lap("init")
+        initialize_lora_eva_weights(pm, loader, forward_fn=forward, show_progress_bar=False)
         info.update(batches=min(seen[0], args.max_batches), capped=seen[0] > args.max_batches, loader=len(loader))
         lap("statistics")
-        pm = get_peft_model(model, cfg, low_cpu_mem_usage=True)
-        initialize_lora_eva_weights(pm, eva_state_dict=state, show_progress_bar=False)
-        lap("init")
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
