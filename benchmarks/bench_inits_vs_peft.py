@@ -334,6 +334,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             f"{num(ours, 7, 2)} {num(theirs, 7, 2)} {ratio(ours, theirs):>8} {gib(s):>9} {gib(p):>6}  "
             f"{agreement_text(res.get('agreement'))}"
         )
+    for name, res in results.items():
+        for who in ("svdtool", "peft"):
+            ph = res.get(who, {}).get("phases")
+            if ph:
+                text = " ".join(f"{k}={v:.2f}" for k, v in ph.items() if isinstance(v, (int, float)))
+                lines.append(f"  {name} {who} phases (s): {text}")
     lines.append("layers: decoder layers of Llama-2-7B shape in the checkpoint (both tools, same folder); init s: "
                  "svdtool statistics + math, PEFT its init calls (preprocess_corda / initialize_lora_eva_weights + "
                  "get_peft_model); peak: torch.cuda.max_memory_allocated of each process")  # fmt: skip
