@@ -28,6 +28,7 @@ import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from user_script import Laps, pad_batches, token_ids  # noqa: E402
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -44,44 +45,22 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--floor", action="store_true")
     args = ap.parse_args()
-    phases: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        now = time.perf_counter()
-        phases[name] = round(now - t, 3)
-        t = now
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not args.floor:
         from peft import LoraConfig, LoraGAConfig, get_peft_model, preprocess_loraga
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    phases["imports"] = round(time.perf_counter() - T0, 3)
-    t = time.perf_counter()
+    laps = Laps(device, T0)
+    lap, phases = laps.lap, laps.phases
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, device_map=str(device))
     model.eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     lap("load")
-    texts = [json.loads(line)["text"] for line in Path(args.calib).read_text().splitlines() if line.strip()]
-    seqs = [tok(x, add_special_tokens=True)["input_ids"][: args.max_length] for x in texts[: args.samples]]
+    seqs = token_ids(tok, args.calib, args.samples, args.max_length)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    batches = []
-    for i in range(0, len(seqs), args.batch_size):
-        part = seqs[i : i + args.batch_size]
-        width = max(len(s) for s in part)
-        ids = torch.full((len(part), width), pad)
-        mask = torch.zeros((len(part), width), dtype=torch.long)
-        for j, s in enumerate(part):
-            ids[j, : len(s)] = torch.tensor(s)
-            mask[j, : len(s)] = 1
-        labels = ids.masked_fill(mask == 0, -100)
-        batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    batches = pad_batches(seqs, args.batch_size, pad)
     lap("tokenize")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -117,6 +117,51 @@ def test_ridge_refuses_a_zero_covariance() -> None:
         ridge(torch.zeros(5, 5, dtype=torch.float64))
 
 
+def _corda_accumulated(xs: list[torch.Tensor], device: str) -> torch.Tensor:
+    from svdtool.statistics.accumulate import CordaCovariance
+
+    acc = CordaCovariance(xs[0].shape[-1], torch.device(device))
+    for x in xs:
+        acc.add(x.to(device)[None], None)
+    return acc.result().cpu()
+
+
+def _corda_float64(xs: list[torch.Tensor]) -> torch.Tensor:
+    """PEFT's C = mean over samples of X̃ᵀX̃, X̃ = X / |max X|, all in float64."""
+    return sum((x.double() / x.double().max().abs()).T @ (x.double() / x.double().max().abs()) for x in xs) / len(xs)
+
+
+def _samples(dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    # heavy outliers in a few channels, as real layer inputs have; a negative signed maximum in one sample
+    xs = [torch.randn(96, 40, generator=gen) * torch.logspace(-2, 1, 40) for _ in range(3)]
+    xs[1] = -xs[1].abs() * 3
+    return [x.to(dtype) for x in xs]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_corda_covariance_against_float64(dtype: torch.dtype) -> None:
+    """The accumulated C equals float64's mean of X̃ᵀX̃ to float32 rounding (X̃ divided by the signed max's |.|)."""
+    xs = _samples(dtype, 3)
+    got = _corda_accumulated(xs, "cpu")
+    ref = _corda_float64(xs)
+    assert_close((got - ref).norm() / ref.norm(), 0.0, "factor_rel")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_corda_covariance_tf32_is_exact_for_16_bit_inputs() -> None:
+    """On CUDA, bf16/fp16 inputs are multiplied on TF32 tensor cores: still float32-accurate, and the caller's
+    TF32 setting is restored."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for dtype in (torch.bfloat16, torch.float16):
+        xs = [torch.cat([x] * 40) for x in _samples(dtype, 4)]  # T = 3840 tokens: a long float32 accumulation
+        got = _corda_accumulated(xs, "cuda")
+        ref = _corda_float64(xs)
+        assert_close((got - ref).norm() / ref.norm(), 0.0, "factor_rel")
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
 # ---------------------------------------------------------------- PEFT's preprocess_corda on a real forward
 def _peft_corda(model: Any, items: list[Any], mode: str, r: int, alpha: float, targets: list[str]) -> Any:
     from peft import LoraConfig, get_peft_model

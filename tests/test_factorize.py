@@ -168,3 +168,50 @@ def test_gpu_paths_match_float64_reference(shape: tuple[int, int]) -> None:
     check_triplets(F.Triplets(bottom.u.cpu(), bottom.s.cpu(), bottom.vh.cpu(), "", bottom.residual), w.cpu(), 8, False)
     approx = F.randomized_svd(w, 16, oversample=48, niter=24, seed=0)
     assert F.product_distance(approx, F.top_svd(w, 16)) < 1e-4
+
+
+def _covariance(n: int, spectrum: np.ndarray, seed: int) -> torch.Tensor:
+    """Q·diag(λ)·Qᵀ for a random orthonormal Q (n, n), float64."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    return torch.from_numpy((q * spectrum) @ q.T)
+
+
+@pytest.mark.parametrize("spectrum", ["decaying", "clustered", "outliers"])
+def test_top_eigh_matches_float64_eigh(spectrum: str) -> None:
+    """Top k eigenpairs of a PSD matrix by the certified iteration (n > the CPU's direct limit) against a full
+    float64 eigh: values to 1e-12·λ₁, vectors to float64 accuracy (up to sign), the certificate recomputed."""
+    n, k = 400, 24
+    i = np.arange(1, n + 1, dtype=np.float64)
+    lam = {
+        "decaying": i**-1.2,
+        "clustered": np.where(i <= 40, 1.0 + 1e-3 * (40 - i), 1e-2 * i**-0.5),  # gaps of 1e-3 inside the top
+        "outliers": np.concatenate([[1e4, 3e3], i[2:] ** -0.7]),  # massive-activation channels
+    }[spectrum]
+    c = _covariance(n, lam, 3)
+    got = F.top_eigh(c, k)
+    assert got.algorithm == "cheb-eigh" and got.residual <= 1e-11
+    ref_vals, ref_vecs = torch.linalg.eigh(c)
+    ref_vals, ref_vecs = ref_vals.flip(0)[:k], ref_vecs.flip(1)[:, :k]
+    assert_close(got.values / ref_vals[0], ref_vals / ref_vals[0], "exact64")
+    assert_close((got.vectors * ref_vecs).sum(0).abs(), torch.ones(k, dtype=torch.float64), "svd_rel")
+    recomputed = (c @ got.vectors - got.vectors * got.values).norm(dim=0).max() / got.values[0]
+    assert float(recomputed) <= 1e-11  # the certified bound, from C itself
+
+
+def test_top_eigh_falls_back_to_eigh_when_small_or_rank_deficient() -> None:
+    i = np.arange(1, 301, dtype=np.float64)
+    small = F.top_eigh(_covariance(64, i[:64] ** -1.0, 0), 8)
+    assert small.algorithm == "eigh64"
+    deficient = F.top_eigh(_covariance(300, np.where(i <= 10, i**-1.0, 0.0), 1), 16)  # λ_16 = 0
+    assert deficient.algorithm.startswith("eigh64 (fallback") and deficient.residual <= 1e-12
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_top_eigh_on_gpu_matches_float64_eigh() -> None:
+    i = np.arange(1, 1025, dtype=np.float64)
+    c = _covariance(1024, i**-0.9, 5)
+    got = F.top_eigh(c.cuda(), 32)
+    ref = torch.linalg.eigh(c)[0].flip(0)[:32]
+    assert got.algorithm == "cheb-eigh" and got.vectors.is_cuda and got.residual <= 1e-11
+    assert_close(got.values.cpu() / ref[0], ref / ref[0], "exact64")

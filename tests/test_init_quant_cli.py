@@ -25,11 +25,14 @@ from tests.helpers import assert_close, run_cli
 
 bnb_f = pytest.importorskip("bitsandbytes.functional")
 
-CASES = {  # method -> extra CLI options
+CASES = {  # case -> (method, extra CLI options)
     # bitsandbytes' CPU path, which these tests load with, rounds a few double-quantised scales differently from
     # its CUDA kernel (the default): fit to it. Without double quant both give the same bf16 codes.
-    "qpissa": ["--quant", "nf4", "--double-quant", "--quant-iters", "2", "--quant-backend", "cpu"],
-    "loftq": ["--quant-iters", "2"],
+    "qpissa": ("qpissa", ["--quant", "nf4", "--double-quant", "--quant-iters", "2", "--quant-backend", "cpu"]),
+    "loftq": ("loftq", ["--quant-iters", "2"]),
+    # per-layer ranks by energy: of W (QPiSSA), of the quantisation error W − Q(W) (LoftQ)
+    "qpissa-alloc": ("qpissa", ["--quant", "nf4", "--quant-iters", "2", "--rank-alloc", "energy"]),
+    "loftq-alloc": ("loftq", ["--quant-iters", "2", "--rank-alloc", "energy"]),
 }
 
 
@@ -62,14 +65,14 @@ def wide_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def quant_inits(wide_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
     root = tmp_path_factory.mktemp("quant")
     out = {}
-    for method, extra in CASES.items():
-        folder = root / method
+    for case, (method, extra) in CASES.items():
+        folder = root / case
         argv = ["init", str(wide_llama), "--method", method, "-r", "4", "--alpha", "8", "--out", str(folder)]
         try:
             main([*argv, *extra, "--format", "json"])
         except SystemExit as exc:
             assert not exc.code
-        out[method] = (folder, load_json(InitResult, folder / InitResult.JSON))
+        out[case] = (folder, load_json(InitResult, folder / InitResult.JSON))
     return out
 
 
@@ -81,28 +84,28 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("method", list(CASES))
-def test_json_records_ratios_and_load_config(quant_inits: dict, method: str) -> None:
-    folder, res = quant_inits[method]
+@pytest.mark.parametrize("case", list(CASES))
+def test_json_records_ratios_and_load_config(quant_inits: dict, case: str) -> None:
+    folder, res = quant_inits[case]
     q = res.quantization
     assert q["quant_type"] == "nf4" and q["iters"] == 2 and q["load_dtype"] == "bf16"
-    assert (
-        q["double_quant"] == (method == "qpissa") and q["bnb_config"]["bnb_4bit_use_double_quant"] == q["double_quant"]
-    )
+    assert q["double_quant"] == ("--double-quant" in CASES[case][1])
+    assert q["bnb_config"]["bnb_4bit_use_double_quant"] == q["double_quant"]
     ratios = [x.extra["quant_ratio"] for x in res.layers]
-    assert len(ratios) == 14 and max(ratios) < 1.0 and q["max_ratio"] == max(ratios)
+    dropped = (res.allocation or {}).get("rank_dropped", 0)
+    assert len(ratios) == 14 - dropped and max(ratios) < 1.0 and q["max_ratio"] == max(ratios)
     assert res.max_reconstruction_error <= res.reconstruction_tol
     card = (folder / "README.md").read_text()
     assert f"bnb_4bit_use_double_quant={q['double_quant']}" in card and "dtype=torch.bfloat16" in card
 
 
-@pytest.mark.parametrize("method", list(CASES))
+@pytest.mark.parametrize("case", list(CASES))
 def test_saved_residual_requantises_to_the_fitted_codes_and_values(
-    quant_inits: dict, wide_llama: Path, method: str
+    quant_inits: dict, wide_llama: Path, case: str
 ) -> None:
     """bitsandbytes itself, quantising W_res as saved, gives the simulation's codes and values, and with them the
     recorded ‖W − (Q(W_res) + s·B·A)‖/‖W‖."""
-    folder, res = quant_inits[method]
+    folder, res = quant_inits[case]
     dq = res.quantization["double_quant"]
     saved, original = tensors(folder), tensors(wide_llama)
     adapter = tensors(folder / res.adapter_dir)
@@ -122,14 +125,14 @@ def test_saved_residual_requantises_to_the_fitted_codes_and_values(
         assert_close(err, x.reconstruction_error, "exact64")
 
 
-@pytest.mark.parametrize("method", list(CASES))
-def test_loads_in_4bit_and_takes_an_optimizer_step(quant_inits: dict, method: str) -> None:
+@pytest.mark.parametrize("case", list(CASES))
+def test_loads_in_4bit_and_takes_an_optimizer_step(quant_inits: dict, case: str) -> None:
     """transformers' load_in_4bit of the folder (bitsandbytes on the CPU) holds exactly the simulated codes; PEFT
     loads the adapter on it with is_trainable=True and one AdamW step changes it."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    folder, res = quant_inits[method]
+    folder, res = quant_inits[case]
     cfg = res.quantization["bnb_config"]
     bnb = BitsAndBytesConfig(**{**cfg, "bnb_4bit_compute_dtype": torch.bfloat16, "bnb_4bit_quant_storage": torch.uint8})
     base = AutoModelForCausalLM.from_pretrained(
@@ -152,9 +155,9 @@ def test_loads_in_4bit_and_takes_an_optimizer_step(quant_inits: dict, method: st
     assert len(moved) == len(trainable)
 
 
-@pytest.mark.parametrize("method", list(CASES))
-def test_verify_passes_with_quantisation_aware_tolerances(quant_inits: dict, method: str) -> None:
-    folder, res = quant_inits[method]
+@pytest.mark.parametrize("case", list(CASES))
+def test_verify_passes_with_quantisation_aware_tolerances(quant_inits: dict, case: str) -> None:
+    folder, res = quant_inits[case]
     v = run_verify(VerifyRequest(folder=folder, device="cpu"))
     assert v.passed, v
     by_name = {x.name: x for x in res.layers}
@@ -162,6 +165,28 @@ def test_verify_passes_with_quantisation_aware_tolerances(quant_inits: dict, met
         assert_close(layer.error, by_name[layer.name].reconstruction_error, "exact64")
         assert layer.error < layer.tol  # better than plain NF4 of W
     assert v.logits is not None and v.logits.rel_error < v.logits.tol
+
+
+@pytest.mark.parametrize("case", ["qpissa-alloc", "loftq-alloc"])
+def test_energy_allocation_gains_what_the_adapter_fits(quant_inits: dict, wide_llama: Path, case: str) -> None:
+    """--rank-alloc energy: the k-th rank of a layer gains σ_k(M)²/‖W‖²_F, M = W (QPiSSA) or W − Q(W) (LoftQ),
+    checked against float64 σ of the original weights; the patterns keep s and reach PEFT's config."""
+    import json
+
+    folder, res = quant_inits[case]
+    original = tensors(wide_llama)
+    ranks = {x.module: x.rank for x in res.layers}
+    assert len(set(ranks.values())) > 1 and res.settings.rank_alloc == "energy"
+    gained = 0.0
+    for x in res.layers:
+        w = original[x.name]
+        m = w.double() if case.startswith("qpissa") else w.double() - nf4.fake_quantize(w).double()
+        gained += float(torch.linalg.svdvals(m)[: x.rank].square().sum() / w.double().square().sum())
+        assert x.alpha == pytest.approx(res.settings.scaling * x.rank)
+    assert_close(res.allocation["rank_gain"], gained, "metric")
+    assert res.allocation["rank_gain"] >= res.allocation["rank_gain_uniform"]
+    cfg = json.loads((folder / res.adapter_dir / "adapter_config.json").read_text())
+    assert cfg["rank_pattern"] == ranks and cfg["r"] == 4
 
 
 BAD = {

@@ -61,7 +61,8 @@ RankAllocOpt = Annotated[
     str,
     typer.Option(
         "--rank-alloc",
-        help="uniform | energy (pissa, svd-lora-fa) | coverage (lora-ga, lora-one): per-layer ranks within the "
+        help="uniform | energy (pissa, svd-lora-fa, qpissa; loftq: of W − Q(W)) | coverage (lora-ga, lora-one): "
+        "per-layer ranks within the "
         "parameter budget of rank r everywhere, by greedy marginal gain (rank_pattern/alpha_pattern). eva always "
         "redistributes its ranks by explained variance (--eva-rho).",
     ),

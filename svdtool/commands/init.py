@@ -231,10 +231,10 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
 
             targets, allocation = eva_targets(targets, req.statistics)
             req = replace(req, rank_alloc="eva")
-        else:
-            ctx = GainContext(ckpt, req.gradients, device, spec.directions)
-            targets, allocation = allocate(req.rank_alloc, targets, req.rank, ctx, progress)
         extra = method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra)
+        if spec.rank_gain != "eva":
+            ctx = GainContext(ckpt, req.gradients, device, spec.directions, extra, spec.energy_sigma)
+            targets, allocation = allocate(req.rank_alloc, targets, req.rank, ctx, progress)
         opts = InitOptions(rank=req.rank, alpha=alpha, use_rslora=req.use_rslora, extra=extra)
         shards, _ = plans([] if spec.keeps_base else infos, targets, req.max_shard_bytes)
         share = Share.of(world, shard_jobs(shards, targets), request_fields(req))

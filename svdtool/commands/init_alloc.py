@@ -12,7 +12,7 @@ redistribution instead (:func:`svdtool.commands.init_statistics.eva_targets`); o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from svdtool.allocation import STATS, greedy, rank_gains
@@ -39,6 +39,8 @@ class GainContext:
     gradients: GradientSource | None
     device: torch.device
     directions: int  # singular directions per rank (LoRA-GA: 2)
+    extra: dict[str, Any] = field(default_factory=dict)  # the method's options (LoftQ: the NF4 load)
+    energy_sigma: Callable[[Any, Any, dict[str, Any], int], Any] | None = None  # MethodSpec.energy_sigma
 
 
 def check_rank_alloc(stat: str, spec: MethodSpec) -> None:
@@ -56,18 +58,19 @@ def rank_cap(mean_rank: int, targets: list[Target], directions: int) -> int:
     return max(1, min([MAX_FACTOR * mean_rank] + [min(t.out_features, t.in_features) // directions for t in targets]))
 
 
-def _weight(ckpt: Checkpoint, t: Target, device: torch.device) -> torch.Tensor:
+def energy_gains(ctx: GainContext, t: Target, cap: int) -> list[float]:
+    """σ_k(M)² / ‖W‖²_F for k = 1..cap, M the matrix the adapter fits: W itself, or what the method's
+    ``energy_sigma`` names (LoftQ: the quantisation error W − Q(W))."""
     import torch
 
-    w = ckpt.read(t.info).to(device=device, dtype=torch.float64)
-    return w.T if t.transposed else w  # (out, in)
-
-
-def energy_gains(ctx: GainContext, t: Target, cap: int) -> list[float]:
-    """σ_k(W)² / ‖W‖²_F for k = 1..cap."""
-    w = _weight(ctx.ckpt, t, ctx.device)
-    sigma = factorize.top_svd(w, cap).s.tolist()
-    return rank_gains(sigma, 1, float(w.square().sum().item()), cap)
+    stored = ctx.ckpt.read(t.info).to(device=ctx.device)
+    w = stored.to(torch.float64)
+    w = w.T.contiguous() if t.transposed else w  # (out, in)
+    if ctx.energy_sigma is None:
+        sigma = factorize.top_svd(w, cap).s
+    else:
+        sigma = ctx.energy_sigma(w, stored.dtype, ctx.extra, cap)
+    return rank_gains(sigma.tolist(), 1, float(w.square().sum().item()), cap)
 
 
 def coverage_gains(ctx: GainContext, t: Target, cap: int) -> list[float]:

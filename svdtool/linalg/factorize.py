@@ -188,6 +188,65 @@ def _gram_cheb(w64: torch.Tensor, r: int, b: int, tol: float, seed: int, start: 
     return out if out.residual <= tol else f"certified residual {out.residual:.1e} above {tol:g}"
 
 
+@dataclass
+class Eigenpairs:
+    """The k largest eigenpairs of a symmetric PSD matrix C (n, n): C vᵢ ≈ λᵢ vᵢ. Float64, on C's device."""
+
+    values: torch.Tensor  # (k,), descending
+    vectors: torch.Tensor  # (n, k), orthonormal columns
+    algorithm: str  # cheb-eigh | eigh64 | eigh64 (fallback: …)
+    residual: float  # maxᵢ ‖C vᵢ − λᵢ vᵢ‖ / λ₁, float64
+    products: int = 0
+
+
+def _full_eigh(c64: torch.Tensor, k: int, label: str) -> Eigenpairs:
+    import torch
+
+    lam, q = torch.linalg.eigh(c64)  # ascending
+    lam, q = lam.flip(0)[:k].contiguous(), q.flip(1)[:, :k].contiguous()
+    return Eigenpairs(lam, q, label, _eigen_residual(c64, lam, q))
+
+
+def _eigen_residual(c64: torch.Tensor, lam: torch.Tensor, q: torch.Tensor) -> float:
+    top = float(lam[0].item()) if lam.numel() else 0.0
+    if top <= 0:
+        return 0.0
+    return float((c64 @ q - q * lam).norm(dim=0).max().item()) / top
+
+
+def top_eigh(c: torch.Tensor, k: int, *, tol: float = 1e-11, seed: int = 0) -> Eigenpairs:
+    """The k largest eigenpairs of a symmetric PSD matrix C (n, n) (a covariance), in float64.
+
+    Chebyshev-filtered subspace iteration on C itself (block 2k + 32, :mod:`svdtool.linalg.subspace`), then
+    certification: maxᵢ ‖C vᵢ − λᵢ vᵢ‖ ≤ ``tol``·λ₁, computed from C. A full float64 ``eigh`` instead when C is
+    small (the block would cover half of it, or n ≤ ``CPU_DIRECT_MAX`` on a CPU), when λ_k < 1e-12·λ₁, or when the
+    iteration fails. Cost: a few dozen (n, n)·(n, b) products, against the O(n³) of a full ``eigh`` (2.3 s for
+    n = 11008 on an H200's cuSOLVER, estimated from 0.12 s at 4096).
+    """
+    import torch
+
+    c64 = c.detach().to(torch.float64)
+    c64 = (c64 + c64.T) / 2
+    n = c64.shape[0]
+    k = min(k, n)
+    b = block_size(k, n)
+    if 2 * b > n or (c64.device.type == "cpu" and n <= CPU_DIRECT_MAX):
+        return _full_eigh(c64, k, "eigh64")
+    op = subspace.GramOp.of_gram(c64)
+    y = _start_block(n, b, torch.float64, c64.device, seed)
+    found = subspace.top_eigenspace(op, k, y, tol=tol / 4, max_products=MAX_PRODUCTS, max_growth=MAX_GROWTH[8],
+                                    min_ratio=1e-6)  # fmt: skip
+    if isinstance(found, str):
+        return _full_eigh(c64, k, f"eigh64 (fallback: {found})")
+    q, _ = torch.linalg.qr(found.x[:, :k])
+    lam, z = _small_eigh(q.T @ (c64 @ q))  # a final Rayleigh–Ritz on C: λ descending
+    q = q @ z
+    out = Eigenpairs(lam, q, "cheb-eigh", _eigen_residual(c64, lam, q), found.products)
+    if out.residual > tol:
+        return _full_eigh(c64, k, f"eigh64 (fallback: certified residual {out.residual:.1e} above {tol:g})")
+    return out
+
+
 def randomized_svd(w: torch.Tensor, r: int, *, oversample: int, niter: int, seed: int) -> Triplets:
     """Top-r triplets by randomized subspace iteration (see the module docstring), float32 products.
 

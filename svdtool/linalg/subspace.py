@@ -38,6 +38,13 @@ class GramOp:
         self.w = w
         self.g = (w.T @ w if self.tall else w @ w.T) if explicit else None
 
+    @classmethod
+    def of_gram(cls, g: torch.Tensor) -> GramOp:
+        """The operator of an explicit symmetric positive semi-definite G (k, k), such as a covariance."""
+        op = cls.__new__(cls)
+        op.tall, op.k, op.w, op.g = True, g.shape[0], g, g
+        return op
+
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         if self.g is not None:
             return self.g @ y

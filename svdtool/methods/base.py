@@ -81,6 +81,9 @@ class MethodSpec:
     # "eva" (explained variance), or None (uniform only). directions: singular directions one rank adds (LoRA-GA: 2).
     rank_gain: str | None = None
     directions: int = 1
+    # rank_gain "energy": energy_sigma(W (out, in) float64, its storage dtype, extra, k) gives the k largest singular
+    # values of the matrix the adapter fits, whose σ²/‖W‖²_F the allocation gains; None: W's own (PiSSA, QPiSSA).
+    energy_sigma: Callable[[Any, Any, dict[str, Any], int], Any] | None = None
     # The base is loaded quantised (LoftQ, QPiSSA): fn also gets ``source_dtype=`` (the residual's storage dtype,
     # which the trainer quantises) and returns the residual already rounded to it.
     quantizes: bool = False

@@ -3,8 +3,9 @@
 Inputs: the centred covariance C (in, in) of the layer's inputs over the calibration tokens that count
 (attention mask set and, as PEFT's ``use_label_mask``, label ≠ −100), from :mod:`svdtool.statistics`.
 
-    C = Q Λ Qᵀ (float64 ``eigh``), λ₁ ≥ λ₂ ≥ …; component i = qᵢᵀ with PEFT's sign rule (``svd_flip``:
-    the entry of largest magnitude is positive); explained-variance ratio ρᵢ = λᵢ / trace(C)
+    C = Q Λ Qᵀ (float64; the top k pairs certified, :func:`svdtool.linalg.factorize.top_eigh`), λ₁ ≥ λ₂ ≥ …;
+    component i = qᵢᵀ with PEFT's sign rule (``svd_flip``: the entry of largest magnitude is positive);
+    explained-variance ratio ρᵢ = λᵢ / trace(C)
     lora_A = the first k_l components (k_l, in), orthonormal rows;  lora_B = 0 (out, k_l);  W untouched
 
 The per-layer rank k_l comes from PEFT's global redistribution (``eva.py::_get_rank_distribution``),
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from svdtool.errors import SvdtoolError
+from svdtool.linalg import factorize
 from svdtool.methods import register
 from svdtool.methods.base import InitOptions, LoraInit, MethodSpec
 
@@ -59,19 +61,19 @@ def flip_signs(v: torch.Tensor) -> torch.Tensor:
 
 
 def principal_components(cov: torch.Tensor, k: int, tokens: int) -> Components:
-    """The top k eigenvectors of the centred covariance C (in, in), float64 ``eigh``, PEFT's signs."""
+    """The top k eigenvectors of the centred covariance C (in, in) in float64, PEFT's signs: certified subspace
+    iteration (residual ≤ 1e-11·λ₁) or a full ``eigh`` (:func:`svdtool.linalg.factorize.top_eigh`)."""
     import torch
 
     c = cov.to(torch.float64)
     c = (c + c.T) / 2
-    lam, q = torch.linalg.eigh(c)  # ascending
-    lam, q = lam.flip(0), q.flip(1)
     k = min(k, c.shape[0])
     trace = torch.diagonal(c).sum()
     if not float(trace.item()) > 0:
         raise SvdtoolError("EVA: an input has zero variance over the calibration tokens (use more --calib data)")
-    vectors = flip_signs(q[:, :k].T.contiguous())
-    return Components(vectors, lam[:k] / trace, lam[:k].clone(), tokens)
+    top = factorize.top_eigh(c, k)
+    vectors = flip_signs(top.vectors.T.contiguous())
+    return Components(vectors, top.values / trace, top.values.clone(), tokens)
 
 
 def max_components(rank: int, rho: float, width: int) -> int:

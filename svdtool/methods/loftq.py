@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from svdtool.methods import register
 from svdtool.methods.base import InitOptions, LoraInit, MethodSpec
-from svdtool.methods.quantized import alternate
+from svdtool.methods.quantized import alternate, error_sigma
 
 if TYPE_CHECKING:
     import torch
@@ -39,5 +39,7 @@ SPEC = register(
         paper="Li et al. LoftQ: LoRA-Fine-Tuning-Aware Quantization for Large Language Models. ICLR 2024, "
         "arXiv 2310.08659",
         quantizes=True,
+        rank_gain="energy",  # of the quantisation error W − Q(W) that the adapter fits
+        energy_sigma=error_sigma,
     )
 )

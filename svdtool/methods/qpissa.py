@@ -37,5 +37,6 @@ SPEC = register(
         paper="Meng, Wang, Zhang. PiSSA: Principal Singular Values and Singular Vectors Adaptation. NeurIPS 2024, "
         "arXiv 2404.02948 (QPiSSA)",
         quantizes=True,
+        rank_gain="energy",  # PiSSA's: the adapter starts as W's top r
     )
 )

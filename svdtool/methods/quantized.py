@@ -106,6 +106,13 @@ def alternate(w: torch.Tensor, opts: InitOptions, source_dtype: torch.dtype, *, 
     return LoraInit(lora_A=out.lora_A, lora_B=out.lora_B, residual=stored, meta=meta)
 
 
+def error_sigma(w: torch.Tensor, source_dtype: torch.dtype, extra: dict[str, Any], k: int) -> torch.Tensor:
+    """The k largest σ of W − Q(W) (W (out, in) float64, Q the trainer's load of W as stored): what LoftQ's first fit
+    approximates, so its rank allocation's gains (float64 Gram ``eigh``: the spectrum is flat)."""
+    _, deq = _quantized(w, source_dtype, settings(extra).config)
+    return factorize.gram_eigh(w - deq, k).s
+
+
 def config_of(record: dict[str, Any]) -> nf4.NF4Config:
     """The NF4 simulation an init's ``quantization`` record (``svdtool.json``) asks for."""
     return nf4.NF4Config(double_quant=bool(record["double_quant"]), backend=str(record.get("backend", "cuda")))
