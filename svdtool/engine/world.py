@@ -221,6 +221,8 @@ class World:
     def _settle(self, exc: BaseException | None) -> None:
         import torch.distributed as dist
 
+        if not dist.is_initialized():
+            return  # torn down by a rank that failed inside a collective pass (gradients.sharded.abandon)
         mine = None if exc is None else _summary(exc)
         every: list[Any] = [None] * self.size
         dist.all_gather_object(every, mine)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 _MIXED: dict[str, bool] = {}  # which mixed-precision GEMM forms this torch supports on CUDA (probed once)
 
 
-def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with a float32 result; on CUDA low-precision inputs stay low precision (float32 accumulate)."""
     import torch
 
@@ -61,7 +61,7 @@ def _addmm32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
             return
         except (RuntimeError, TypeError):
             _MIXED["addmm"] = False
-    acc.add_(_mm32(a, b).to(acc.device))
+    acc.add_(mm32(a, b).to(acc.device))
 
 
 class ExactFold:
@@ -76,7 +76,7 @@ class ExactFold:
     def fold(self, x: torch.Tensor, d: torch.Tensor) -> None:
         """x (T, in), d (T, out) in the model dtype."""
         if self.acc.device != d.device:  # host-offloaded accumulator
-            self.acc.add_(_mm32(d.T, x).to(self.acc.device, non_blocking=False))
+            self.acc.add_(mm32(d.T, x).to(self.acc.device, non_blocking=False))
         else:
             _addmm32(self.acc, d.T, x)
 

@@ -1,0 +1,233 @@
+"""The gradient estimate over the ranks of a torchrun job: data parallel, frozen weights sharded by FSDP2.
+
+Every rank encodes the whole calibration set and runs the micro-batches i with i % N == rank. A
+micro-batch's loss is divided by its logical batch's *global* target-token count N_b, so the sum over
+ranks is the single-process sum. Every rank runs the same number of steps, because FSDP's all-gathers
+pair up across ranks: a rank with fewer micro-batches runs copies whose labels are all ignored, so their
+summed loss is 0 (a sum, never a 0/0 mean) and they fold zeros.
+
+* exact: in each target's backward hook, δᵀX (out, in) float32 is padded to N·c rows (c = ⌈out/N⌉) and
+  reduce-scattered: rank r adds rows [r·c, (r+1)·c) of the sum over ranks into its own accumulator
+  (c, in). That is 4·P/N bytes per rank, beside FSDP's 2·P/N of bf16 weights. FSDP's own ``.grad`` is
+  not used: it stays bf16 for bf16 weights in torch ≤ 2.13.
+* sketch: every rank folds its sketches with the same seeded Ω, Ψ; they are summed once, at the owner.
+
+At the end each target's gradient (or its top factors) is formed on its owner rank only (``owners``, the
+rank that uses it: coverage's share of the matrices, or the writer of its residual shard file). One pass
+over the data: the accumulators are already 1/N, so there are no layer groups, and no CUDA graphs
+(collectives run inside the hooks).
+
+A rank that fails mid-pass leaves its peers waiting in a collective that will never complete: it tears
+the process groups down first, so that it exits at once (torchrun then stops the others).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from svdtool.engine.plan import Job, matrix_cost, plan
+from svdtool.engine.world import World
+from svdtool.errors import SvdtoolError
+from svdtool.gradients import fold as folds
+from svdtool.gradients.compute import Computed, ComputeSettings, finish, test_matrices
+from svdtool.gradients.finite import folded_nonfinite, folded_refusal
+from svdtool.gradients.graphed import GraphStats
+from svdtool.gradients.model import Target, blocks
+from svdtool.gradients.passes import MicroBatch, PassPlan, Timer, run_pass, stage
+from svdtool.gradients.plan import ModelShape
+from svdtool.runtime import Progress, SilentProgress
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class ShardedExactFold:
+    """This rank's rows of Σ_ranks δᵀX: acc (⌈out/N⌉, in) float32, filled by one reduce-scatter per fold."""
+
+    def __init__(self, target: Target, world: World, device: torch.device, acc_device: torch.device, group: Any):
+        import torch
+
+        self.target, self.world, self.group = target, world, group
+        self.rows = -(-target.out_features // world.size)
+        self.acc = torch.zeros((self.rows, target.in_features), dtype=torch.float32, device=acc_device)
+        self.device = device
+
+    def fold(self, x: torch.Tensor, d: torch.Tensor) -> None:
+        """x (T, in), d (T, out) in the model dtype."""
+        import torch
+        import torch.distributed as dist
+
+        g = folds.mm32(d.T, x)  # (out, in) float32: the one in-flight weight gradient
+        pad = self.rows * self.world.size - g.shape[0]
+        if pad:
+            g = torch.nn.functional.pad(g, (0, 0, 0, pad))  # (N·c, in): equal chunks per rank
+        part = torch.empty((self.rows, g.shape[1]), dtype=torch.float32, device=g.device)
+        dist.reduce_scatter_tensor(part, g, group=self.group)
+        self.acc.add_(part.to(self.acc.device))
+
+
+def refuse_unsupported(cache: object, snapshots: list[int], groups: int | None) -> None:
+    """Options of one process that the sharded estimate does not offer (one line, the same on every rank)."""
+    if cache is not None:
+        raise SvdtoolError("--grad-cache runs in one process: under torchrun each rank holds only its share of G")
+    if snapshots:
+        raise SvdtoolError("--batch-sizes runs in one process (its running means follow the batch order)")
+    if groups not in (None, 1):
+        raise SvdtoolError("--grad-groups applies to one process: under torchrun the accumulators are sharded")
+
+
+def per_rank(shape: ModelShape, ranks: int) -> ModelShape:
+    """What one rank holds, for the memory plan: 1/N of the weights and of every block's accumulators."""
+    return dataclasses.replace(
+        shape,
+        weight_bytes=-(-shape.weight_bytes // ranks),
+        target_params=[-(-p // ranks) for p in shape.target_params],
+    )
+
+
+def default_owners(targets: list[Target], ranks: int) -> dict[str, int]:
+    """Targets spread over the ranks by the engine's LPT plan (cost: the SVD of each G), when the caller has none."""
+    shapes = [(t.name, t.out_features, t.in_features) for t in targets]
+    p = plan([Job(name, matrix_cost((m, n), 4 * m * n)) for name, m, n in shapes], ranks)
+    return {j.key: o for j, o in zip(p.jobs, p.owners, strict=True)}
+
+
+def share_of(micro: list[MicroBatch], world: World) -> list[MicroBatch]:
+    """This rank's micro-batches (i % N == rank), padded with zero-loss copies to ⌈len/N⌉ steps."""
+    import torch
+
+    mine = micro[world.rank :: world.size]
+    steps = -(-len(micro) // world.size)
+    blank = micro[0]
+    silent = dataclasses.replace(
+        blank,
+        inputs={**blank.inputs, "labels": torch.full_like(blank.inputs["labels"], -100)},
+        samples=0,
+        tokens=0,
+        last_of_batch=False,
+        staged=None,
+    )
+    return mine + [silent] * (steps - len(mine))
+
+
+def compute_sharded(
+    model: nn.Module,
+    targets: list[Target],
+    micro: list[MicroBatch],
+    settings: ComputeSettings,
+    device: torch.device,
+    world: World,
+    owners: Mapping[str, int],
+    progress: Progress | None = None,
+    reduce: Callable[[str, torch.Tensor], Any] | None = None,
+    on_result: Callable[[str, Any], None] | None = None,
+) -> Computed:
+    """:func:`svdtool.gradients.compute.compute_gradients` over the world; results only for this rank's targets."""
+    import torch
+    import torch.distributed as dist
+
+    progress = progress or SilentProgress()
+    missing = [t.name for t in targets if not 0 <= owners.get(t.name, -1) < world.size]
+    if missing:
+        raise SvdtoolError(f"no rank owns the gradient of {missing[0]}")  # a caller's bug, on every rank alike
+    n_batches = micro[-1].batch + 1
+    mine = share_of(micro, world)
+    group = dist.new_group()  # our reductions apart from FSDP's all-gathers
+    stage(mine, device)
+    param = next(model.parameters())
+    tm = test_matrices(targets, settings, param.dtype, device) if settings.mode == "sketch" else {}
+    xo_cache = folds.XOmegaCache()
+    acc_device = torch.device("cpu") if settings.offload else device
+    states: dict[str, Any] = {
+        t.name: folds.SketchFold(t, tm[t.name][0], tm[t.name][1], xo_cache)
+        if settings.mode == "sketch"
+        else ShardedExactFold(t, world, device, acc_device, group)
+        for t in targets
+    }
+    held = sum(x.numel() * 4 for st in states.values() for x in _buffers(st))
+    chain = [b for _, b in blocks(model)]
+    timer = Timer()
+    stats = GraphStats()
+    progress.start("gradients", sum(mb.samples for mb in mine))
+
+    def on_step(mb: MicroBatch) -> None:
+        xo_cache.clear()
+        for _ in range(mb.samples):
+            progress.advance(f"rank {world.rank} of {world.size}")
+
+    handles = [folds.install(t, states[t.name]) for t in targets]
+    try:
+        plan_ = PassPlan(chain[0], chain[-1], top=True, bottom=True)  # one pass: the whole model
+        run_pass(model, plan_, mine, device, None, device, on_step, settings.offload, stats)
+    except BaseException:
+        abandon()
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+        progress.finish()
+    every = world.all_gather(folded_nonfinite(states))
+    found = next((f for f in every if f is not None), None)
+    if found is not None:
+        raise folded_refusal(found, model, micro, device)  # every rank runs the same forward passes
+    t_finish = timer()
+    results: dict[str, Any] = {}
+    for t in targets:  # every rank, in the same order: one collective per target
+        value = _to_owner(states.pop(t.name), owners[t.name], world, group, n_batches, settings, reduce)
+        if owners[t.name] == world.rank:
+            results[t.name] = value
+            if on_result is not None:
+                on_result(t.name, value)
+    dist.destroy_process_group(group)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = timer()
+    rate = sum(mb.tokens for mb in micro) / max(seconds, 1e-9)
+    return Computed(results, {}, 1, n_batches, seconds, rate, stats, seconds - t_finish, held)
+
+
+def _buffers(state: Any) -> list[torch.Tensor]:
+    return [state.acc] if isinstance(state, ShardedExactFold) else [state.y, state.w]
+
+
+def _to_owner(
+    state: Any,
+    owner: int,
+    world: World,
+    group: Any,
+    n_batches: int,
+    settings: ComputeSettings,
+    reduce: Callable[[str, torch.Tensor], Any] | None,
+) -> Any:
+    """Gather the row shards (exact) or sum the sketches at ``owner``; there, the mean G, reduce(G) or factors."""
+    import torch
+    import torch.distributed as dist
+
+    name = state.target.name
+    mine = owner == world.rank
+    if isinstance(state, folds.SketchFold):
+        dist.reduce(state.y, dst=owner, group=group)
+        dist.reduce(state.w, dst=owner, group=group)
+        return finish(name, state, n_batches, settings, True, reduce) if mine else None
+    shards = [torch.empty_like(state.acc) for _ in range(world.size)] if mine else None
+    dist.gather(state.acc, shards, dst=owner, group=group)  # equal, padded chunks
+    if shards is None:
+        return None
+    full = SimpleNamespace(acc=torch.cat(shards)[: state.target.out_features])  # (out, in) float32
+    del shards
+    return finish(name, full, n_batches, settings, True, reduce)
+
+
+def abandon() -> None:
+    """Tear the process groups down, so that peers waiting in a collective with this rank fail instead of hanging."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # already broken: nothing left to release
+            pass

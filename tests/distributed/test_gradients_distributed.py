@@ -1,0 +1,128 @@
+"""The gradient estimate on fork-started gloo ranks, weights sharded by FSDP2: the single-process gradients
+(exact and sketch) to 1e-6, with unequal micro-batch counts per rank, accumulators of 4·P/N bytes per rank,
+each target on its owner only, and one line (no hang) when a rank fails in the middle of the passes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from svdtool.calibration import CalibRequest
+from svdtool.engine.world import current
+from svdtool.gradients import GradientRequest, estimate_gradients
+from svdtool.gradients.shard_load import row_range
+from tests.distributed.harness import needs_fork, run_distributed
+from tests.helpers import assert_close
+
+pytestmark = needs_fork
+
+#: 7 samples in logical batches of 3: 3 micro-batches (or 7 at micro-batch 1), an odd number for 2 ranks.
+CALIB = {"samples": 7, "max_length": 24, "batch_size": 3, "seed": 1}
+
+
+def _request(folder: Path, calib: Path, mode: str, micro: int | None) -> GradientRequest:
+    return GradientRequest(
+        str(folder), CalibRequest(str(calib), **CALIB), device="cpu", mode=mode, micro_batch_size=micro, sketch_rank=4
+    )
+
+
+def _dense(value: Any) -> torch.Tensor:
+    """G itself (exact), or U·diag(S)·Vh of its top factors (sketch): free of the factors' sign choices."""
+    if isinstance(value, torch.Tensor):
+        return value.double()
+    return (value.U.double() * value.S.double()) @ value.Vh.double()
+
+
+def _rank_estimate(rank: int, folder: str, calib: str, mode: str, micro: int | None, out: str, forced: bool) -> None:
+    if forced:
+        os.environ["SVDTOOL_DISTRIBUTED"] = "on"  # the sharded path at world size 1
+    world = current()
+    assert world.distributed and world.rank == rank
+    est = estimate_gradients(_request(Path(folder), Path(calib), mode, micro))
+    torch.save(
+        {
+            "results": {n: _dense(v) for n, v in est.provider().items()},
+            "shapes": est.shapes,
+            "plan": est.info.plan,
+            "device": est.info.device,
+        },
+        Path(out) / f"rank{rank}.pt",
+    )
+
+
+def _single(folder: Path, calib: Path, mode: str, micro: int | None) -> dict[str, torch.Tensor]:
+    torch.set_num_threads(1)
+    est = estimate_gradients(_request(folder, calib, mode, micro))
+    return {n: _dense(v) for n, v in est.provider().items()}
+
+
+@pytest.mark.parametrize(
+    ("mode", "micro"), [("exact", None), ("exact", 1), ("sketch", None)], ids=["exact", "exact-micro-1", "sketch"]
+)
+def test_two_ranks_equal_one_process(lora_ga_tiny: dict, tmp_path: Path, mode: str, micro: int | None) -> None:
+    folder, calib = lora_ga_tiny["llama"], lora_ga_tiny["qa"]
+    run_distributed(_rank_estimate, tmp_path, str(folder), str(calib), mode, micro, str(tmp_path), False)
+    want = _single(folder, calib, mode, micro)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    got = {**parts[0]["results"], **parts[1]["results"]}
+    assert not set(parts[0]["results"]) & set(parts[1]["results"])  # each target on its owner only
+    assert parts[0]["results"] and parts[1]["results"]  # both ranks own some
+    assert set(got) == set(want) == set(parts[0]["shapes"])
+    for name, g in want.items():
+        scale = g.abs().max()
+        assert scale > 0, name
+        assert_close(got[name] / scale, g / scale, "distributed", name)
+    assert parts[0]["device"].startswith("2 ranks, each")
+    if mode == "exact":
+        # Each rank holds ⌈out/2⌉ rows of every target's float32 accumulator: 4·P/N bytes.
+        per_rank = sum(4 * row_range(out, 0, 2)[1] * inp for out, inp in parts[0]["shapes"].values())
+        total = sum(4 * out * inp for out, inp in parts[0]["shapes"].values())
+        for p in parts:
+            assert p["plan"]["ranks"] == 2
+            assert p["plan"]["accumulator_bytes_per_rank"] == per_rank
+        assert per_rank <= total / 2 + 4 * max(inp for _, inp in parts[0]["shapes"].values()) * len(want)
+
+
+def test_one_rank_when_forced_equals_one_process(lora_ga_tiny: dict, tmp_path: Path) -> None:
+    """SVDTOOL_DISTRIBUTED=on at WORLD_SIZE=1: the sharded code path, on one rank."""
+    folder, calib = lora_ga_tiny["llama"], lora_ga_tiny["qa"]
+    run_distributed(_rank_estimate, tmp_path, str(folder), str(calib), "exact", None, str(tmp_path), True, world=1)
+    want = _single(folder, calib, "exact", None)
+    part = torch.load(tmp_path / "rank0.pt")
+    assert part["device"].startswith("1 rank (torch.distributed)")
+    assert part["plan"]["accumulator_bytes_per_rank"] == sum(4 * o * i for o, i in part["shapes"].values())
+    for name, g in want.items():
+        scale = g.abs().max()
+        assert_close(part["results"][name] / scale, g / scale, "distributed", name)
+
+
+def _fails_mid_pass(rank: int, folder: str, calib: str) -> None:
+    from svdtool.gradients import sharded
+
+    if rank == 1:  # rank 1's second fold raises while rank 0 waits for it in a reduce-scatter
+        calls = []
+        fold = sharded.ShardedExactFold.fold
+
+        def failing(self: sharded.ShardedExactFold, x: torch.Tensor, d: torch.Tensor) -> None:
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError("the device went away")
+            fold(self, x, d)
+
+        sharded.ShardedExactFold.fold = failing  # type: ignore[method-assign]
+    with current().phase():  # as the commands run it: a failing rank settles with the others at the end
+        estimate_gradients(_request(Path(folder), Path(calib), "exact", 1))
+
+
+def test_a_rank_failing_mid_pass_stops_every_rank(lora_ga_tiny: dict, tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    t0 = time.perf_counter()
+    with pytest.raises(mp.ProcessRaisedException, match="OSError: the device went away"):
+        run_distributed(_fails_mid_pass, tmp_path, str(lora_ga_tiny["llama"]), str(lora_ga_tiny["qa"]))
+    assert time.perf_counter() - t0 < 30  # the harness's collectives time out after 60 s: no rank waited for one
