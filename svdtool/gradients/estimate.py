@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svdtool import naming
-from svdtool.calibration import CalibRequest, prepare_calibration
+from svdtool.calibration import CalibrationSet, CalibRequest, prepare_calibration
 from svdtool.calibration.encode import pad_id
 from svdtool.engine.world import current
 from svdtool.errors import SvdtoolError
@@ -29,9 +29,17 @@ from svdtool.gradients import sharded
 from svdtool.gradients.compute import SKETCH_OVERSAMPLE, ComputeSettings, compute_gradients, micro_batches
 from svdtool.gradients.finite import check_weights
 from svdtool.gradients.graphed import width_multiple
-from svdtool.gradients.model import Target, find_targets, header_targets, load_weights, model_shape, open_model
+from svdtool.gradients.model import (
+    ModelSource,
+    Target,
+    find_targets,
+    header_targets,
+    load_weights,
+    model_shape,
+    open_model,
+)
 from svdtool.gradients.passes import Timer
-from svdtool.gradients.plan import MemoryPlan, plan_memory
+from svdtool.gradients.plan import MemoryPlan, ModelShape, plan_memory
 from svdtool.gradients.shard_load import load_sharded
 from svdtool.linalg.sketch import LowRankGradient, sketch_sizes
 from svdtool.results.gradients import CalibrationInfo, GradientInfo
@@ -138,26 +146,10 @@ def estimate_gradients(
     timer = Timer()
     phases: dict[str, float] = {}
     lap = Laps(phases)
-    src = open_model(
-        req.model, revision=req.revision, token=req.token, dtype=req.dtype, device=device, tokenizer=req.tokenizer
-    )
-    if src.dtype_reason:
-        progress.message(f"computing in {src.dtype}: {src.dtype_reason}")
-    if src.max_positions is not None and req.calib.max_length > src.max_positions:
-        raise SvdtoolError(
-            f"--max-length {req.calib.max_length} is longer than the model's maximum sequence length "
-            f"{src.max_positions}: lower --max-length"
-        )
+    with world.phase():  # under torchrun: an input that fails on one rank only stops every rank here
+        src, calib, infos, shape, multiple = _prepare(req, device, progress, lap)
     bs = req.calib.batch_size
-    if req.micro_batch_size is not None and req.micro_batch_size > bs:
-        raise SvdtoolError(f"--micro-batch-size {req.micro_batch_size} is larger than --batch-size {bs}")
-    lap("open")
-    calib = prepare_calibration(req.calib, src.tokenizer)  # data errors surface before the weights load
-    lap("calibration")
-    infos = _checkpoint_infos(src.folder)
-    multiple = width_multiple(device, req.offload)
     width = max(-(-len(e.input_ids) // multiple) * multiple for e in calib.items)
-    shape = model_shape(src.meta.config, infos or [], req.targets, src.dtype)
     budget = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
     if world.distributed and budget is not None:
         budget = min(world.all_gather(budget))  # one plan (micro-batch size, so step count) on every rank
@@ -245,6 +237,31 @@ def estimate_gradients(
         write_cache(req.cache, est, req)
         progress.message(f"wrote {req.cache}")
     return est
+
+
+def _prepare(
+    req: GradientRequest, device: torch.device, progress: Progress, lap: Laps
+) -> tuple[ModelSource, CalibrationSet, list[TensorInfo] | None, ModelShape, int]:
+    """Model source, encoded calibration data, headers, the shape for the memory plan, and the width multiple."""
+    src = open_model(
+        req.model, revision=req.revision, token=req.token, dtype=req.dtype, device=device, tokenizer=req.tokenizer
+    )
+    if src.dtype_reason:
+        progress.message(f"computing in {src.dtype}: {src.dtype_reason}")
+    if src.max_positions is not None and req.calib.max_length > src.max_positions:
+        raise SvdtoolError(
+            f"--max-length {req.calib.max_length} is longer than the model's maximum sequence length "
+            f"{src.max_positions}: lower --max-length"
+        )
+    bs = req.calib.batch_size
+    if req.micro_batch_size is not None and req.micro_batch_size > bs:
+        raise SvdtoolError(f"--micro-batch-size {req.micro_batch_size} is larger than --batch-size {bs}")
+    lap("open")
+    calib = prepare_calibration(req.calib, src.tokenizer)  # data errors surface before the weights load
+    lap("calibration")
+    infos = _checkpoint_infos(src.folder)
+    shape = model_shape(src.meta.config, infos or [], req.targets, src.dtype)
+    return src, calib, infos, shape, width_multiple(device, req.offload)
 
 
 def _checkpoint_infos(folder: Path) -> list[TensorInfo] | None:
