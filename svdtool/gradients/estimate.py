@@ -163,7 +163,7 @@ def estimate_gradients(
         budget=budget,
         groups=1 if world.distributed else req.groups,
         micro_batch_size=req.micro_batch_size,
-        sketch_bytes=_sketch_bytes(infos or [], req) if req.mode == "sketch" else 0,
+        sketch_bytes=_sketch_bytes(infos or [], req) // world.size if req.mode == "sketch" else 0,  # sharded: 1/N
     )
     progress.message(f"gradient passes: {plan.groups} group(s), micro-batch {plan.micro_batch_size} ({plan.reason})")
     if world.distributed:

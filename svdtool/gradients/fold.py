@@ -17,7 +17,7 @@ a leaf that requires grad (:mod:`svdtool.gradients.passes`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -125,7 +125,13 @@ class SketchFold:
         _addmm32(self.w, self.psi @ d.T, x)  # (l, T) @ (T, in)
 
 
-def install(target: Target, state: ExactFold | SketchFold) -> Any:
+class Fold(Protocol):
+    """What :func:`install` calls in backward (:class:`ExactFold`, :class:`SketchFold` and the sharded folds)."""
+
+    def fold(self, x: torch.Tensor, d: torch.Tensor) -> None: ...
+
+
+def install(target: Target, state: Fold) -> Any:
     """Fold ``target``'s weight gradient in backward: a forward hook keeps the input X and hooks the output.
 
     The layer itself runs unchanged (its weight does not require grad, so autograd computes only the input

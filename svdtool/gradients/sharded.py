@@ -6,11 +6,12 @@ ranks is the single-process sum. Every rank runs the same number of steps, becau
 pair up across ranks: a rank with fewer micro-batches runs copies whose labels are all ignored, so their
 summed loss is 0 (a sum, never a 0/0 mean) and they fold zeros.
 
-* exact: in each target's backward hook, δᵀX (out, in) float32 is padded to N·c rows (c = ⌈out/N⌉) and
-  reduce-scattered: rank r adds rows [r·c, (r+1)·c) of the sum over ranks into its own accumulator
-  (c, in). That is 4·P/N bytes per rank, beside FSDP's 2·P/N of bf16 weights. FSDP's own ``.grad`` is
-  not used: it stays bf16 for bf16 weights in torch ≤ 2.13.
-* sketch: every rank folds its sketches with the same seeded Ω, Ψ; they are summed once, at the owner.
+* exact: in each target's backward hook, δᵀX (out, in) float32 is reduce-scattered: rank r adds rows
+  [r·c, (r+1)·c) (c = ⌈out/N⌉) of the sum over ranks into its own accumulator (c, in). That is 4·P/N bytes
+  per rank, beside FSDP's 2·P/N of bf16 weights. FSDP's own ``.grad`` is not used: it stays bf16 for bf16
+  weights in torch ≤ 2.13.
+* sketch: every rank uses the same seeded Ω, Ψ, and the sketch terms are reduce-scattered the same way, so
+  a rank holds 1/N of every Y and W (:mod:`svdtool.gradients.sharded_fold`).
 
 At the end each target's gradient (or its top factors) is formed on its owner rank only (``owners``, the
 rank that uses it: coverage's share of the matrices, or the writer of its residual shard file). One pass
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from svdtool.engine.plan import Job, matrix_cost, plan
@@ -38,36 +38,12 @@ from svdtool.gradients.graphed import GraphStats
 from svdtool.gradients.model import Target, blocks
 from svdtool.gradients.passes import MicroBatch, PassPlan, Timer, run_pass, stage
 from svdtool.gradients.plan import ModelShape
+from svdtool.gradients.sharded_fold import RowShards, ShardedExactFold, ShardedSketchFold
 from svdtool.runtime import Progress, SilentProgress
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-
-class ShardedExactFold:
-    """This rank's rows of Σ_ranks δᵀX: acc (⌈out/N⌉, in) float32, filled by one reduce-scatter per fold."""
-
-    def __init__(self, target: Target, world: World, device: torch.device, acc_device: torch.device, group: Any):
-        import torch
-
-        self.target, self.world, self.group = target, world, group
-        self.rows = -(-target.out_features // world.size)
-        self.acc = torch.zeros((self.rows, target.in_features), dtype=torch.float32, device=acc_device)
-        self.device = device
-
-    def fold(self, x: torch.Tensor, d: torch.Tensor) -> None:
-        """x (T, in), d (T, out) in the model dtype."""
-        import torch
-        import torch.distributed as dist
-
-        g = folds.mm32(d.T, x)  # (out, in) float32: the one in-flight weight gradient
-        pad = self.rows * self.world.size - g.shape[0]
-        if pad:
-            g = torch.nn.functional.pad(g, (0, 0, 0, pad))  # (N·c, in): equal chunks per rank
-        part = torch.empty((self.rows, g.shape[1]), dtype=torch.float32, device=g.device)
-        dist.reduce_scatter_tensor(part, g, group=self.group)
-        self.acc.add_(part.to(self.acc.device))
 
 
 def refuse_unsupported(cache: object, snapshots: list[int], groups: int | None) -> None:
@@ -141,14 +117,15 @@ def compute_sharded(
     param = next(model.parameters())
     tm = test_matrices(targets, settings, param.dtype, device) if settings.mode == "sketch" else {}
     xo_cache = folds.XOmegaCache()
+    shards = RowShards(world, group)
     acc_device = torch.device("cpu") if settings.offload else device
-    states: dict[str, Any] = {
-        t.name: folds.SketchFold(t, tm[t.name][0], tm[t.name][1], xo_cache)
+    states: dict[str, ShardedExactFold | ShardedSketchFold] = {
+        t.name: ShardedSketchFold(t, tm[t.name][0], tm[t.name][1], xo_cache, shards)
         if settings.mode == "sketch"
-        else ShardedExactFold(t, world, device, acc_device, group)
+        else ShardedExactFold(t, shards, acc_device)
         for t in targets
     }
-    held = sum(x.numel() * 4 for st in states.values() for x in _buffers(st))
+    held = sum(x.numel() * x.element_size() for st in states.values() for x in st.buffers())
     chain = [b for _, b in blocks(model)]
     timer = Timer()
     stats = GraphStats()
@@ -177,7 +154,7 @@ def compute_sharded(
     t_finish = timer()
     results: dict[str, Any] = {}
     for t in targets:  # every rank, in the same order: one collective per target
-        value = _to_owner(states.pop(t.name), owners[t.name], world, group, n_batches, settings, reduce)
+        value = _to_owner(states.pop(t.name), owners[t.name], world, n_batches, settings, reduce)
         if owners[t.name] == world.rank:
             results[t.name] = value
             if on_result is not None:
@@ -190,36 +167,17 @@ def compute_sharded(
     return Computed(results, {}, 1, n_batches, seconds, rate, stats, seconds - t_finish, held)
 
 
-def _buffers(state: Any) -> list[torch.Tensor]:
-    return [state.acc] if isinstance(state, ShardedExactFold) else [state.y, state.w]
-
-
 def _to_owner(
-    state: Any,
+    state: ShardedExactFold | ShardedSketchFold,
     owner: int,
     world: World,
-    group: Any,
     n_batches: int,
     settings: ComputeSettings,
     reduce: Callable[[str, torch.Tensor], Any] | None,
 ) -> Any:
-    """Gather the row shards (exact) or sum the sketches at ``owner``; there, the mean G, reduce(G) or factors."""
-    import torch
-    import torch.distributed as dist
-
-    name = state.target.name
-    mine = owner == world.rank
-    if isinstance(state, folds.SketchFold):
-        dist.reduce(state.y, dst=owner, group=group)
-        dist.reduce(state.w, dst=owner, group=group)
-        return finish(name, state, n_batches, settings, True, reduce) if mine else None
-    shards = [torch.empty_like(state.acc) for _ in range(world.size)] if mine else None
-    dist.gather(state.acc, shards, dst=owner, group=group)  # equal, padded chunks
-    if shards is None:
-        return None
-    full = SimpleNamespace(acc=torch.cat(shards)[: state.target.out_features])  # (out, in) float32
-    del shards
-    return finish(name, full, n_batches, settings, True, reduce)
+    """The row shards gathered at ``owner``; there, the mean G, reduce(name, G), or the recovered factors."""
+    whole = state.gather(owner)
+    return None if whole is None else finish(state.target.name, whole, n_batches, settings, True, reduce)
 
 
 def abandon() -> None:
