@@ -51,6 +51,10 @@ if TYPE_CHECKING:
     from svdtool.loading import CheckpointMeta, TensorInfo
 
 
+#: Who forms each target's gradient under torchrun: tensor name -> rank, or a function of the shapes giving that.
+Owners = Mapping[str, int] | Callable[[dict[str, tuple[int, int]]], Mapping[str, int]]
+
+
 @dataclass
 class GradientRequest:
     model: str
@@ -115,7 +119,7 @@ def estimate_gradients(
     progress: Progress | None = None,
     reduce: Callable[[str, torch.Tensor], Any] | None = None,
     on_result: Callable[[str, Any], None] | None = None,
-    owners: Mapping[str, int] | None = None,
+    owners: Owners | None = None,
 ) -> GradientEstimate:
     """Run the calibration data through the model and return the target gradients (or their top factors).
 
@@ -124,8 +128,9 @@ def estimate_gradients(
     ``on_result(name, value)`` receives each result as soon as it exists (not when read from a cache).
 
     Under torchrun (:mod:`svdtool.gradients.sharded`) every rank must call this; the weights are sharded over
-    the ranks and each target's result exists only on its owner (``owners``: tensor name -> rank; default: the
-    engine's plan), so ``grads`` / ``factors`` hold this rank's targets only. ``shapes`` lists them all.
+    the ranks and each target's result exists only on its owner (``owners``: tensor name -> rank, or a function
+    of the target shapes that returns that; default: the engine's plan), so ``grads`` / ``factors`` hold this
+    rank's targets only. ``shapes`` lists them all.
     """
     import torch
 
@@ -184,9 +189,10 @@ def estimate_gradients(
         snapshots=[c // bs for c in req.snapshots],
     )
     use_reduce = reduce if req.mode == "exact" and req.cache is None else None
+    shapes = {t.name: (t.out_features, t.in_features) for t in targets}
     try:
         if world.distributed:
-            owned = owners or sharded.default_owners(targets, world.size)
+            owned = (owners(shapes) if callable(owners) else owners) or sharded.default_owners(targets, world.size)
             done = sharded.compute_sharded(
                 model, targets, micro, settings, device, world, owned, progress, use_reduce, on_result
             )
@@ -222,7 +228,6 @@ def estimate_gradients(
     )
     if world.distributed:
         info.plan.update(ranks=world.size, accumulator_bytes_per_rank=done.accumulator_bytes)
-    shapes = {t.name: (t.out_features, t.in_features) for t in targets}
     ordered = {t.name: done.results[t.name] for t in targets if t.name in done.results}  # torchrun: this rank's
     snaps = {b * bs: v for b, v in done.snapshots.items()}
     est = GradientEstimate(info, calib.info, src.meta, shapes, snapshots=snaps)

@@ -68,8 +68,7 @@ def per_rank(shape: ModelShape, ranks: int) -> ModelShape:
 def default_owners(targets: list[Target], ranks: int) -> dict[str, int]:
     """Targets spread over the ranks by the engine's LPT plan (cost: the SVD of each G), when the caller has none."""
     shapes = [(t.name, t.out_features, t.in_features) for t in targets]
-    p = plan([Job(name, matrix_cost((m, n), 4 * m * n)) for name, m, n in shapes], ranks)
-    return {j.key: o for j, o in zip(p.jobs, p.owners, strict=True)}
+    return plan([Job(name, matrix_cost((m, n), 4 * m * n)) for name, m, n in shapes], ranks).owner_of()
 
 
 def share_of(micro: list[MicroBatch], world: World) -> list[MicroBatch]:
