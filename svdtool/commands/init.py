@@ -219,7 +219,7 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
             assert req.gradient_request is not None
             gradients, provenance = lora_ga_gradients(
                 req.gradient_request,
-                rank=rank_cap(req.rank, targets, spec.directions),
+                rank=req.rank if req.rank_alloc == "uniform" else rank_cap(req.rank, targets, spec.directions),
                 method_options=method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra),
                 progress=progress,
                 make_reducer=spec.reducer,

@@ -28,6 +28,7 @@ def _request(model: str, calib: str, out: Path, **kw: object) -> InitRequest:
         model=model,
         method="lora-ga",
         rank=2,
+        svd="randomized",  # the CLI's default: seeded, q = 4r, so only the same r gives the same sketch
         out=out,
         device="cpu",
         max_shard_bytes=SHARD,
