@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -22,8 +23,9 @@ pytestmark = needs_fork
 SHARD = 20_000  # bytes: the tiny Llama's residual becomes several shard files, spread over the ranks
 
 
-def _request(model: str, calib: str, out: Path, **kw: object) -> InitRequest:
-    grad = GradientRequest(model, CalibRequest(calib, samples=7, max_length=24, batch_size=3, seed=1), device="cpu")
+def _request(model: str, calib: str, out: Path, mode: str = "exact", **kw: object) -> InitRequest:
+    calib_req = CalibRequest(calib, samples=7, max_length=24, batch_size=3, seed=1)
+    grad = GradientRequest(model, calib_req, device="cpu", mode=mode)
     return InitRequest(
         model=model,
         method="lora-ga",
@@ -38,8 +40,8 @@ def _request(model: str, calib: str, out: Path, **kw: object) -> InitRequest:
     )
 
 
-def _init(rank: int, model: str, calib: str, out: str) -> None:
-    run_init(_request(model, calib, Path(out) / "dist"))
+def _init(rank: int, model: str, calib: str, out: str, mode: str) -> None:
+    run_init(_request(model, calib, Path(out) / "dist", mode))
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -49,11 +51,12 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_two_ranks_write_the_single_process_adapter(lora_ga_tiny: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["exact", "sketch"])
+def test_two_ranks_write_the_single_process_adapter(lora_ga_tiny: dict, tmp_path: Path, mode: str) -> None:
     model, calib = str(lora_ga_tiny["llama"]), str(lora_ga_tiny["qa"])
-    run_distributed(_init, tmp_path, model, calib, str(tmp_path))
+    run_distributed(_init, tmp_path, model, calib, str(tmp_path), mode)
     torch.set_num_threads(1)
-    run_init(_request(model, calib, tmp_path / "single"))
+    run_init(_request(model, calib, tmp_path / "single", mode))
     dist, single = _tensors(tmp_path / "dist"), _tensors(tmp_path / "single")
     assert len({k.split(":")[0] for k in single if k.startswith("model-")}) >= 4  # both ranks wrote files
     assert set(dist) == set(single)
@@ -62,7 +65,7 @@ def test_two_ranks_write_the_single_process_adapter(lora_ga_tiny: dict, tmp_path
     for key, want in single.items():
         assert_close(dist[key].double(), want.double(), "fp32", key)
     info = json.loads((tmp_path / "dist" / "svdtool.json").read_text())
-    assert info["manifest"]["device"].startswith("2 ranks") and info["settings"]["extra"]["gradient"] == "exact"
+    assert info["manifest"]["device"].startswith("2 ranks") and info["settings"]["extra"]["gradient"] == mode
     assert (tmp_path / "dist" / "model.safetensors.index.json").read_text() == (
         tmp_path / "single" / "model.safetensors.index.json"
     ).read_text()
