@@ -18,18 +18,20 @@ rank that uses it: coverage's share of the matrices, or the writer of its residu
 over the data: the accumulators are already 1/N, so there are no layer groups, and no CUDA graphs
 (collectives run inside the hooks).
 
-A rank that fails mid-pass leaves its peers waiting in a collective that will never complete: it tears
-the process groups down first, so that it exits at once (torchrun then stops the others).
+A rank that fails in the passes or in the gathers (its own reduce, say) leaves its peers waiting in a
+collective that will never complete: it tears the process groups down first, so that it exits at once
+(torchrun then stops the others; over gloo the peers' collectives fail too).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from svdtool.engine.plan import Job, matrix_cost, plan
-from svdtool.engine.world import World
+from svdtool.engine.world import PeerFailed, World, failure_summary
 from svdtool.errors import SvdtoolError
 from svdtool.gradients import fold as folds
 from svdtool.gradients.compute import Computed, ComputeSettings, finish, test_matrices
@@ -44,6 +46,9 @@ from svdtool.runtime import Progress, SilentProgress
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+#: The rendezvous-store key where the first rank to give up mid-pass leaves its one-line message.
+FAILED_KEY = "svdtool/sharded-passes-failed"
 
 
 def refuse_unsupported(cache: object, snapshots: list[int], groups: int | None) -> None:
@@ -139,9 +144,8 @@ def compute_sharded(
     try:
         plan_ = PassPlan(chain[0], chain[-1], top=True, bottom=True)  # one pass: the whole model
         run_pass(model, plan_, mine, device, None, device, on_step, settings.offload, stats)
-    except BaseException:
-        abandon()
-        raise
+    except BaseException as exc:
+        raise abandon(exc, world) from None
     finally:
         for h in handles:
             h.remove()
@@ -152,12 +156,15 @@ def compute_sharded(
         raise folded_refusal(found, model, micro, device)  # every rank runs the same forward passes
     t_finish = timer()
     results: dict[str, Any] = {}
-    for t in targets:  # every rank, in the same order: one collective per target
-        value = _to_owner(states.pop(t.name), owners[t.name], world, n_batches, settings, reduce)
-        if owners[t.name] == world.rank:
-            results[t.name] = value
-            if on_result is not None:
-                on_result(t.name, value)
+    try:
+        for t in targets:  # every rank, in the same order: one collective per target
+            value = _to_owner(states.pop(t.name), owners[t.name], world, n_batches, settings, reduce)
+            if owners[t.name] == world.rank:
+                results[t.name] = value
+                if on_result is not None:
+                    on_result(t.name, value)  # the owner's reduce or consumer may fail there alone
+    except BaseException as exc:
+        raise abandon(exc, world) from None
     dist.destroy_process_group(group)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -179,12 +186,41 @@ def _to_owner(
     return None if whole is None else finish(state.target.name, whole, n_batches, settings, True, reduce)
 
 
-def abandon() -> None:
-    """Tear the process groups down, so that peers waiting in a collective with this rank fail instead of hanging."""
+def abandon(exc: BaseException, world: World) -> BaseException:
+    """Give up the job after ``exc``: tear the process groups down, so that peers waiting in a collective with
+    this rank fail instead of hanging; returns what to raise.
+
+    The first rank to give up leaves its one-line message in the rendezvous store first. A rank whose
+    collective then failed because of it raises that message (:class:`PeerFailed`), not the broken connection.
+    """
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if not dist.is_initialized():
+        return exc
+    store = _store()
+    first = None
+    if store is not None:
         try:
-            dist.destroy_process_group()
-        except Exception:  # already broken: nothing left to release
+            if store.check([FAILED_KEY]):
+                first = json.loads(store.get(FAILED_KEY))
+            else:
+                store.set(FAILED_KEY, json.dumps([world.rank, *failure_summary(exc)]))
+        except Exception:  # the store went away with the job: nothing to tell or learn
             pass
+    try:
+        dist.destroy_process_group()
+    except Exception:  # already broken: nothing left to release
+        pass
+    if first is not None and isinstance(exc, RuntimeError) and not isinstance(exc, SvdtoolError):
+        rank, message, code = first
+        return PeerFailed(f"rank {rank}: {message}", code)
+    return exc
+
+
+def _store() -> Any:
+    import torch.distributed.distributed_c10d as c10d
+
+    try:
+        return c10d._get_default_store()
+    except Exception:  # no default group, or a torch without it
+        return None

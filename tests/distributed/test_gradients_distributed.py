@@ -14,6 +14,7 @@ import torch
 
 from svdtool.calibration import CalibRequest
 from svdtool.engine.world import current
+from svdtool.errors import SvdtoolError
 from svdtool.gradients import GradientRequest, estimate_gradients
 from svdtool.gradients.compute import SKETCH_OVERSAMPLE
 from svdtool.gradients.shard_load import row_range
@@ -111,10 +112,11 @@ def test_one_rank_when_forced_equals_one_process(lora_ga_tiny: dict, tmp_path: P
         assert_close(part["results"][name] / scale, g / scale, "distributed", name)
 
 
-def _fails_mid_pass(rank: int, folder: str, calib: str) -> None:
+def _fails_on_one_rank(rank: int, folder: str, calib: str, where: str, out: str) -> None:
     from svdtool.gradients import sharded
 
-    if rank == 1:  # rank 1's second fold raises while rank 0 waits for it in a reduce-scatter
+    reduce = None
+    if rank == 1 and where == "fold":  # rank 1's second fold raises while rank 0 waits in a reduce-scatter
         calls = []
         fold = sharded.ShardedExactFold.fold
 
@@ -125,14 +127,30 @@ def _fails_mid_pass(rank: int, folder: str, calib: str) -> None:
             fold(self, x, d)
 
         sharded.ShardedExactFold.fold = failing  # type: ignore[method-assign]
-    with current().phase():  # as the commands run it: a failing rank settles with the others at the end
-        estimate_gradients(_request(Path(folder), Path(calib), "exact", 1))
+    if where == "reduce":  # rank 1's reduction of its first gradient raises while rank 0 gathers the next
+
+        def reduce(name: str, g: torch.Tensor) -> torch.Tensor:
+            if rank == 1:
+                raise OSError("the device went away")
+            return g
+
+    try:
+        with current().phase():  # as the commands run it: a failing rank settles with the others at the end
+            estimate_gradients(_request(Path(folder), Path(calib), "exact", 1), reduce=reduce)
+    except (OSError, SvdtoolError) as exc:
+        code = exc.exit_code if isinstance(exc, SvdtoolError) else 1
+        Path(out, f"rank{rank}.err").write_text(f"{type(exc).__name__}|{code}|{exc}")
+        return
+    raise AssertionError("the run succeeded")
 
 
-def test_a_rank_failing_mid_pass_stops_every_rank(lora_ga_tiny: dict, tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
+@pytest.mark.parametrize("where", ["fold", "reduce"])
+def test_a_rank_failing_mid_pass_stops_every_rank(lora_ga_tiny: dict, tmp_path: Path, where: str) -> None:
+    """In the passes or in the gathers after them: the failing rank leaves its message and tears the groups
+    down, so the other's collective fails at once and it reports that message."""
     t0 = time.perf_counter()
-    with pytest.raises(mp.ProcessRaisedException, match="OSError: the device went away"):
-        run_distributed(_fails_mid_pass, tmp_path, str(lora_ga_tiny["llama"]), str(lora_ga_tiny["qa"]))
+    model, calib = str(lora_ga_tiny["llama"]), str(lora_ga_tiny["qa"])
+    run_distributed(_fails_on_one_rank, tmp_path, model, calib, where, str(tmp_path))
     assert time.perf_counter() - t0 < 30  # the harness's collectives time out after 60 s: no rank waited for one
+    assert (tmp_path / "rank1.err").read_text() == "OSError|1|the device went away"
+    assert (tmp_path / "rank0.err").read_text() == "PeerFailed|1|rank 1: OSError: the device went away"
