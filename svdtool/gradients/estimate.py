@@ -14,7 +14,6 @@ groups (:mod:`svdtool.gradients.passes`) only 1/K of the accumulators exist at a
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from svdtool.gradients.model import (
     model_shape,
     open_model,
 )
-from svdtool.gradients.passes import Timer
+from svdtool.gradients.passes import Laps, Timer
 from svdtool.gradients.plan import MemoryPlan, ModelShape, plan_memory
 from svdtool.gradients.shard_load import load_sharded
 from svdtool.linalg.sketch import LowRankGradient, sketch_sizes
@@ -297,19 +296,6 @@ def _oom_message(plan: MemoryPlan, req: GradientRequest) -> str:
         f"the device ran out of memory during the gradient passes ({plan.groups} layer group(s), micro-batch "
         f"{plan.micro_batch_size}, estimated {plan.need / 2**30:.1f} GiB); try {', '.join(advice)}, or more GPUs"
     )
-
-
-class Laps:
-    """Named wall-clock phases: ``lap(name)`` records the seconds since the previous lap."""
-
-    def __init__(self, into: dict[str, float]) -> None:
-        self.into = into
-        self.t = time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        now = time.perf_counter()
-        self.into[name] = round(now - self.t, 4)
-        self.t = now
 
 
 def _sketch_info(targets: list[Target], req: GradientRequest) -> dict[str, int]:
