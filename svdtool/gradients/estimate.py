@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from svdtool import naming
 from svdtool.calibration import CalibrationSet, CalibRequest, prepare_calibration
 from svdtool.calibration.encode import pad_id
-from svdtool.engine.world import current
+from svdtool.engine.world import World, current
 from svdtool.errors import SvdtoolError
 from svdtool.gradients import sharded
 from svdtool.gradients.compute import SKETCH_OVERSAMPLE, ComputeSettings, compute_gradients, micro_batches
@@ -151,7 +151,7 @@ def estimate_gradients(
     phases: dict[str, float] = {}
     lap = Laps(phases)
     with world.phase():  # under torchrun: an input that fails on one rank only stops every rank here
-        src, calib, infos, shape, multiple = _prepare(req, device, progress, lap)
+        src, calib, infos, shape, multiple = _prepare(req, device, progress, lap, world)
     bs = req.calib.batch_size
     width = max(-(-len(e.input_ids) // multiple) * multiple for e in calib.items)
     budget = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
@@ -244,11 +244,16 @@ def estimate_gradients(
 
 
 def _prepare(
-    req: GradientRequest, device: torch.device, progress: Progress, lap: Laps
+    req: GradientRequest, device: torch.device, progress: Progress, lap: Laps, world: World
 ) -> tuple[ModelSource, CalibrationSet, list[TensorInfo] | None, ModelShape, int]:
-    """Model source, encoded calibration data, headers, the shape for the memory plan, and the width multiple."""
-    src = open_model(
-        req.model, revision=req.revision, token=req.token, dtype=req.dtype, device=device, tokenizer=req.tokenizer
+    """Model source, encoded calibration data, headers, the shape for the memory plan, and the width multiple.
+
+    Under torchrun a Hub model is downloaded into the HF cache by each node's local rank 0 first.
+    """
+    src = world.first_locally(
+        lambda: open_model(
+            req.model, revision=req.revision, token=req.token, dtype=req.dtype, device=device, tokenizer=req.tokenizer
+        )
     )
     if src.dtype_reason:
         progress.message(f"computing in {src.dtype}: {src.dtype_reason}")
