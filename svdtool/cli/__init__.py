@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 #: Commands that split their work over the ranks of a torchrun job; the others run in one process.
-DISTRIBUTED_COMMANDS = ("spectrum", "init")
+DISTRIBUTED_COMMANDS = ("spectrum", "init", "coverage")
 
 
 def _check_distributed(argv: list[str]) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from svdtool.cli import app
-from svdtool.cli.console import RichProgress, deliver, out
+from svdtool.cli.console import RichProgress, deliver, is_main, out
 from svdtool.cli.gradient_args import passes_line
 from svdtool.cli.options import (
     BatchSizeOpt,
@@ -91,6 +91,11 @@ def coverage(
       svdtool coverage meta-llama/Llama-2-7b-hf --calib metamathqa --ranks 8,32,128
       svdtool coverage ./my-model --calib data.jsonl --prompt-field question --response-field answer
       svdtool coverage ./my-model --calib wikitext2 --batch-sizes 8,32,128 --ref-batch 512 --out cov
+      torchrun --nproc-per-node 8 -m svdtool coverage meta-llama/Llama-3.1-70B --calib metamathqa --out cov
+
+    Under torchrun the frozen weights are sharded over the ranks (FSDP2), each rank runs its share of the
+    calibration batches into row-sharded float32 gradients, and each gradient's coverage is computed on one
+    rank; rank 0 prints and writes the result (docs/distributed.md).
     """
     from svdtool.cli.gradient_args import gradient_request
     from svdtool.commands.common import parse_ranks
@@ -127,7 +132,7 @@ def coverage(
     )
     run = run_coverage(request, RichProgress())
     written = []
-    if out_dir is not None:
+    if out_dir is not None and is_main():  # every rank holds the run; rank 0 writes and prints it
         from svdtool.commands.coverage import write_coverage
 
         written = write_coverage(run, out_dir)

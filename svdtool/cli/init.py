@@ -235,10 +235,12 @@ def init(
       svdtool init ./my-model --method qpissa --quant nf4 --double-quant --quant-iters 5 -r 64 --out qp
       svdtool init ./my-model --method loftq --quant nf4 -r 64 --alpha 16 --out lq
       torchrun --nproc-per-node 8 -m svdtool init BIG --method pissa -r 16 --out /shared/out
+      torchrun --nproc-per-node 8 -m svdtool init BIG --method lora-ga -r 16 --calib metamathqa --out /shared/ga
 
     Under torchrun each rank writes whole residual shard files and rank 0 the adapter; DIR appears only
-    when every rank succeeded (methods that write a residual without calibration data; see
-    docs/distributed.md).
+    when every rank succeeded. LoRA-GA's gradients are estimated with the weights sharded over the ranks
+    (FSDP2), each on the rank that writes it. Methods that keep the base (lora-one, mica, orthogonal) or
+    collect activation statistics (corda, eva) run in one process (docs/distributed.md).
     """
     from svdtool import naming
     from svdtool.commands.init import InitRequest, run_init

@@ -19,7 +19,8 @@ from svdtool.commands.common import (
     utc_now,
     write_result_with_sigmas,
 )
-from svdtool.commands.coverage_matrices import gradient_coverage
+from svdtool.commands.coverage_matrices import coverage_jobs, gradient_coverage
+from svdtool.engine.plan import plan
 from svdtool.engine.work import request_fields
 from svdtool.engine.world import World, current
 from svdtool.errors import SvdtoolError
@@ -78,19 +79,22 @@ def run_coverage(req: CoverageRequest, progress: Progress | None = None, world: 
     """Gradients (or a matching ``--grad-cache``), then coverage per matrix (:mod:`.coverage_matrices`) and
     summaries. The σ of the gradients come from the engine's pool, as ``spectrum``'s of weights do."""
     progress = progress or SilentProgress()
+    world = world or current()
     _check(req)
     started = utc_now()
     t0 = time.perf_counter()
-    est = estimate_gradients(req.gradient, progress)
+    # Under torchrun each gradient is formed (from its row shards) on the rank that the coverage plan gives it.
+    est = estimate_gradients(
+        req.gradient, progress, owners=lambda shapes: plan(coverage_jobs(shapes), world.size).owner_of()
+    )
     if req.batch_sizes and est.info.from_cache:
         raise SvdtoolError("--batch-sizes needs a fresh estimate (the cache holds only the reference gradient)")
     t_grad = time.perf_counter() - t0
-    world = world or current()
     with world.phase():
         device = world.device(req.gradient.device)  # under torchrun a bare cuda is this rank's GPU
     t1 = time.perf_counter()
     spectra = gradient_coverage(
-        est.grads,  # the gradients this process holds: all of them
+        est.grads,  # the gradients this process holds: all of them, or under torchrun its share
         est.shapes,
         ranks=req.ranks,
         device=device,

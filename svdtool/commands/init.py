@@ -35,7 +35,7 @@ from svdtool.adapters.safetensors_out import (
 )
 from svdtool.commands.common import Progress, SilentProgress, describe_device, manifest, utc_now
 from svdtool.commands.init_alloc import GainContext, allocate, check_rank_alloc, rank_cap
-from svdtool.commands.init_distributed import finish, shard_jobs
+from svdtool.commands.init_distributed import finish, shard_jobs, target_owners
 from svdtool.commands.init_gradients import lora_ga_gradients, method_extra
 from svdtool.commands.init_layers import (
     GradientSource,
@@ -180,11 +180,16 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
     world = world or current()
     with world.phase():
         spec = validate(req)
-        collects = (spec.needs_gradient and req.gradients is None) or (spec.statistic and req.statistics is None)
+        collects = spec.statistic and req.statistics is None
         if world.distributed and (spec.keeps_base or collects):
             what = "estimates its statistics" if collects else "writes only an adapter"
             raise SvdtoolError(
                 f"--method {spec.name} {what} in one process: run it without torchrun (see docs/distributed.md)"
+            )
+        if world.distributed and spec.needs_gradient and req.gradients is None and req.rank_alloc != "uniform":
+            raise SvdtoolError(
+                f"--rank-alloc {req.rank_alloc} with estimated gradients runs in one process: under torchrun each "
+                "rank holds only the gradients of the files it writes"
             )
         check_target(req.out, req.overwrite)
         device = world.device(req.device)
@@ -206,17 +211,21 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
         estimate = spec.needs_gradient and req.gradients is None and req.gradient_request is not None
         # With uniform ranks the init stream can start beside the estimate (init_stream.estimate_and_stream); an
         # allocation needs every gradient first.
-        overlap = estimate and req.rank_alloc == "uniform"
+        overlap = estimate and req.rank_alloc == "uniform" and not world.distributed
+        agreed = request_fields(req)  # what the ranks compare: before the estimate adds its per-rank timings
         if estimate and not overlap:
             # Only now that the method, rank and targets are known to be valid: the estimate takes minutes.
             # Under --rank-alloc each G keeps enough triplets for the largest rank a layer may get.
             assert req.gradient_request is not None
             gradients, provenance = lora_ga_gradients(
                 req.gradient_request,
-                rank=rank_cap(req.rank, targets, spec.directions),
+                rank=req.rank if req.rank_alloc == "uniform" else rank_cap(req.rank, targets, spec.directions),
                 method_options=method_extra(req.rank, req.svd, req.seed, req.oversample, req.niter, req.extra),
                 progress=progress,
                 make_reducer=spec.reducer,
+                owners=target_owners(world, plans(infos, targets, req.max_shard_bytes)[0], targets)
+                if world.distributed
+                else None,
             )
             req = replace(req, gradients=gradients, extra={**req.extra, **provenance})
         if spec.statistic and req.statistics is None and req.activation_request is not None:
@@ -237,7 +246,7 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
             targets, allocation = allocate(req.rank_alloc, targets, req.rank, ctx, progress)
         opts = InitOptions(rank=req.rank, alpha=alpha, use_rslora=req.use_rslora, extra=extra)
         shards, _ = plans([] if spec.keeps_base else infos, targets, req.max_shard_bytes)
-        share = Share.of(world, shard_jobs(shards, targets), request_fields(req))
+        share = Share.of(world, shard_jobs(shards, targets), agreed)
         with shared_staging(world, req.out, req.overwrite, progress.message) as tmp:
             if world.distributed:
                 kept: list[tuple[str, torch.Tensor]] = []

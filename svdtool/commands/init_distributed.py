@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from svdtool.adapters.peft_format import ADAPTER_WEIGHTS
 from svdtool.adapters.safetensors_out import INDEX_NAME, Planned, ShardSet, shard_index, shard_names
 from svdtool.commands.init_layers import Target
-from svdtool.engine.plan import FLOPS_PER_BYTE, Job, matrix_cost
+from svdtool.engine.plan import FLOPS_PER_BYTE, Job, matrix_cost, plan
 from svdtool.engine.work import Share
+from svdtool.engine.world import World
 from svdtool.results.base import atomic_write_bytes
 from svdtool.results.init import LayerInit
 
@@ -36,6 +37,15 @@ def shard_jobs(shards: list[list[Planned]], targets: list[Target]) -> list[Job]:
         )
         for name, shard in zip(shard_names(len(shards)), shards, strict=True)
     ]
+
+
+def target_owners(world: World, shards: list[list[Planned]], targets: list[Target]) -> dict[str, int]:
+    """Tensor name -> the rank that will write it (LoRA-GA's gradient of a target is formed there, and only there).
+
+    The plan of the :class:`Share` that ``run_init`` builds after the estimate from the same files and targets.
+    """
+    p = plan(shard_jobs(shards, targets), world.size)
+    return {e.name: p.owners[k] for k, shard in enumerate(shards) for e in shard}
 
 
 def owned_tensors(share: Share, shards: list[list[Planned]]) -> tuple[list[int], set[str]]:

@@ -51,12 +51,14 @@ def lora_ga_gradients(
     progress: Progress | None = None,
     make_reducer: Callable[[int, dict[str, Any]], Callable[[str, Any], Any]] | None = None,
     on_result: Callable[[str, Any], None] | None = None,
+    owners: Mapping[str, int] | None = None,
 ) -> tuple[Mapping[str, Any], dict[str, Any]]:
     """(gradient source for ``InitRequest.gradients``, provenance scalars for ``svdtool.json``).
 
     ``make_reducer(rank, options)`` is the method's ``MethodSpec.reducer`` (default: LoRA-GA's top-2r triplets).
     ``on_result(name, value)`` gets each gradient (or its top factors) in (out, in) layout as soon as it is
-    finished, while later passes still run.
+    finished, while later passes still run. Under torchrun, ``owners`` (tensor name -> rank) says where each
+    target's gradient is formed; the mapping then holds this rank's targets only.
     """
     from svdtool.methods.lora_ga import reducer
 
@@ -66,7 +68,7 @@ def lora_ga_gradients(
     # PEFT's "random" split reuses the permutation drawn right after its own svd_lowrank call: keep G whole.
     replay = method_options.get("convention") == "peft" and method_options.get("direction") == "random"
     reduce = None if replay else (make_reducer or reducer)(rank, method_options)
-    est = estimate_gradients(req, progress, reduce, on_result)
+    est = estimate_gradients(req, progress, reduce, on_result, owners)
     return StoredLayout(est.provider(), set(est.info.transposed)), provenance(est)
 
 

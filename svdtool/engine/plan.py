@@ -47,6 +47,10 @@ class Plan:
             out[owner] += job.cost
         return out
 
+    def owner_of(self) -> dict[str, int]:
+        """Job key -> its rank."""
+        return {j.key: o for j, o in zip(self.jobs, self.owners, strict=True)}
+
     def fingerprint(self) -> list[tuple[str, float, int]]:
         """What the ranks compare: every job, its cost and its owner."""
         return [(j.key, j.cost, o) for j, o in zip(self.jobs, self.owners, strict=True)]

@@ -221,7 +221,9 @@ class World:
     def _settle(self, exc: BaseException | None) -> None:
         import torch.distributed as dist
 
-        mine = None if exc is None else _summary(exc)
+        if not dist.is_initialized():
+            return  # torn down by a rank that failed inside a collective pass (gradients.sharded.abandon)
+        mine = None if exc is None else failure_summary(exc)
         every: list[Any] = [None] * self.size
         dist.all_gather_object(every, mine)
         if exc is not None:
@@ -301,7 +303,7 @@ class World:
             dist.barrier()
 
 
-def _summary(exc: BaseException) -> tuple[str, int]:
+def failure_summary(exc: BaseException) -> tuple[str, int]:
     """One line and an exit code for a failure, as the CLI would show it."""
     if isinstance(exc, SvdtoolError):
         return str(exc), exc.exit_code

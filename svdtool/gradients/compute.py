@@ -54,6 +54,7 @@ class Computed:
     tokens_per_second: float
     graph_stats: GraphStats = field(default_factory=GraphStats)
     finish_seconds: float = 0.0  # of ``seconds``: turning accumulators into results (reduce, recovery, copies)
+    accumulator_bytes: int = 0  # torchrun: this rank's float32 accumulators or sketches (the sharded passes)
 
 
 def micro_batches(items: list[Any], batch_size: int, micro: int, pad: int, multiple: int = 1) -> list[MicroBatch]:
@@ -199,7 +200,7 @@ def compute_gradients(
             keep = settings.keep_on_device or gi == len(groups) - 1
             t_finish = timer()
             for name, st in states.items():
-                results[name] = _finish(name, st, n_batches, settings, keep, reduce)
+                results[name] = finish(name, st, n_batches, settings, keep, reduce)
                 if on_result is not None:
                     on_result(name, results[name])
             del states
@@ -213,7 +214,7 @@ def compute_gradients(
     return Computed(results, snapshots, len(groups), n_batches, seconds, rate, stats, finish_s)
 
 
-def _finish(
+def finish(
     name: str,
     state: Any,
     n_batches: int,

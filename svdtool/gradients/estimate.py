@@ -14,22 +14,32 @@ groups (:mod:`svdtool.gradients.passes`) only 1/K of the accumulators exist at a
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svdtool import naming
-from svdtool.calibration import CalibRequest, prepare_calibration
+from svdtool.calibration import CalibrationSet, CalibRequest, prepare_calibration
 from svdtool.calibration.encode import pad_id
+from svdtool.engine.world import World, current
 from svdtool.errors import SvdtoolError
+from svdtool.gradients import sharded
 from svdtool.gradients.compute import SKETCH_OVERSAMPLE, ComputeSettings, compute_gradients, micro_batches
 from svdtool.gradients.finite import check_weights
 from svdtool.gradients.graphed import width_multiple
-from svdtool.gradients.model import Target, find_targets, header_targets, load_weights, model_shape, open_model
-from svdtool.gradients.passes import Timer
-from svdtool.gradients.plan import MemoryPlan, plan_memory
+from svdtool.gradients.model import (
+    ModelSource,
+    Target,
+    find_targets,
+    header_targets,
+    load_weights,
+    model_shape,
+    open_model,
+)
+from svdtool.gradients.passes import Laps, Timer
+from svdtool.gradients.plan import MemoryPlan, ModelShape, plan_memory
+from svdtool.gradients.shard_load import load_sharded
 from svdtool.linalg.sketch import LowRankGradient, sketch_sizes
 from svdtool.results.gradients import CalibrationInfo, GradientInfo
 from svdtool.runtime import Progress, SilentProgress, describe_device, resolve_device
@@ -38,6 +48,10 @@ if TYPE_CHECKING:
     import torch
 
     from svdtool.loading import CheckpointMeta, TensorInfo
+
+
+#: Who forms each target's gradient under torchrun: tensor name -> rank, or a function of the shapes giving that.
+Owners = Mapping[str, int] | Callable[[dict[str, tuple[int, int]]], Mapping[str, int]]
 
 
 @dataclass
@@ -104,63 +118,63 @@ def estimate_gradients(
     progress: Progress | None = None,
     reduce: Callable[[str, torch.Tensor], Any] | None = None,
     on_result: Callable[[str, Any], None] | None = None,
+    owners: Owners | None = None,
 ) -> GradientEstimate:
     """Run the calibration data through the model and return the target gradients (or their top factors).
 
     ``reduce(name, G)``, exact mode only, replaces each mean gradient while it is still on the device (for
     ``init``, its top factors); it is not used when the gradients come from, or go to, ``--grad-cache``.
     ``on_result(name, value)`` receives each result as soon as it exists (not when read from a cache).
+
+    Under torchrun (:mod:`svdtool.gradients.sharded`) every rank must call this; the weights are sharded over
+    the ranks and each target's result exists only on its owner (``owners``: tensor name -> rank, or a function
+    of the target shapes that returns that; default: the engine's plan), so ``grads`` / ``factors`` hold this
+    rank's targets only. ``shapes`` lists them all.
     """
     import torch
 
     progress = progress or SilentProgress()
+    world = current()
     if req.mode not in ("exact", "sketch"):
         raise SvdtoolError(f"--gradient {req.mode!r}: expected exact or sketch")
+    if world.distributed:
+        sharded.refuse_unsupported(req.cache, req.snapshots, req.groups)
     if req.cache is not None and req.cache.exists():
         from svdtool.gradients.cache import read_cache
 
         progress.message(f"reusing gradients from {req.cache}")
         return read_cache(req.cache, req)
-    device = resolve_device(req.device)
+    device = world.device(req.device) if world.distributed else resolve_device(req.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timer = Timer()
     phases: dict[str, float] = {}
     lap = Laps(phases)
-    src = open_model(
-        req.model, revision=req.revision, token=req.token, dtype=req.dtype, device=device, tokenizer=req.tokenizer
-    )
-    if src.dtype_reason:
-        progress.message(f"computing in {src.dtype}: {src.dtype_reason}")
-    if src.max_positions is not None and req.calib.max_length > src.max_positions:
-        raise SvdtoolError(
-            f"--max-length {req.calib.max_length} is longer than the model's maximum sequence length "
-            f"{src.max_positions}: lower --max-length"
-        )
+    with world.phase():  # under torchrun: an input that fails on one rank only stops every rank here
+        src, calib, infos, shape, multiple = _prepare(req, device, progress, lap, world)
     bs = req.calib.batch_size
-    if req.micro_batch_size is not None and req.micro_batch_size > bs:
-        raise SvdtoolError(f"--micro-batch-size {req.micro_batch_size} is larger than --batch-size {bs}")
-    lap("open")
-    calib = prepare_calibration(req.calib, src.tokenizer)  # data errors surface before the weights load
-    lap("calibration")
-    infos = _checkpoint_infos(src.folder)
-    multiple = width_multiple(device, req.offload)
     width = max(-(-len(e.input_ids) // multiple) * multiple for e in calib.items)
+    budget = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
+    if world.distributed and budget is not None:
+        budget = min(world.all_gather(budget))  # one plan (micro-batch size, so step count) on every rank
     plan = plan_memory(
-        model_shape(src.meta.config, infos or [], req.targets, src.dtype),
+        sharded.per_rank(shape, world.size) if world.distributed else shape,
         mode=req.mode,
         offload=req.offload,
         batch_size=bs,
         width=width,
         n_batches=-(-len(calib.items) // bs),
-        budget=int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None,
-        groups=req.groups,
+        budget=budget,
+        groups=1 if world.distributed else req.groups,
         micro_batch_size=req.micro_batch_size,
-        sketch_bytes=_sketch_bytes(infos or [], req) if req.mode == "sketch" else 0,
+        sketch_bytes=_sketch_bytes(infos or [], req) // world.size if req.mode == "sketch" else 0,  # sharded: 1/N
     )
     progress.message(f"gradient passes: {plan.groups} group(s), micro-batch {plan.micro_batch_size} ({plan.reason})")
-    model = load_weights(src, device)
-    check_weights(model)  # NaN or ±Inf in a weight: refused before any pass
+    if world.distributed:
+        model = load_sharded(src, device, world)  # checks its rows for NaN or ±Inf on every rank
+    else:
+        model = load_weights(src, device)
+        check_weights(model)  # NaN or ±Inf in a weight: refused before any pass
     lap("load")
     targets = find_targets(model, req.targets, {i.name for i in infos} if infos else None)
     micro = micro_batches(calib.items, bs, plan.micro_batch_size, pad_id(src.tokenizer), multiple)
@@ -174,8 +188,15 @@ def estimate_gradients(
         snapshots=[c // bs for c in req.snapshots],
     )
     use_reduce = reduce if req.mode == "exact" and req.cache is None else None
+    shapes = {t.name: (t.out_features, t.in_features) for t in targets}
     try:
-        done = compute_gradients(model, targets, micro, settings, device, progress, use_reduce, on_result)
+        if world.distributed:
+            owned = (owners(shapes) if callable(owners) else owners) or sharded.default_owners(targets, world.size)
+            done = sharded.compute_sharded(
+                model, targets, micro, settings, device, world, owned, progress, use_reduce, on_result
+            )
+        else:
+            done = compute_gradients(model, targets, micro, settings, device, progress, use_reduce, on_result)
     except torch.OutOfMemoryError:
         raise SvdtoolError(_oom_message(plan, req)) from None
     phases["passes"] = round(done.seconds - done.finish_seconds, 4)
@@ -185,7 +206,7 @@ def estimate_gradients(
         model=src.meta.description,
         model_sha=src.meta.sha,
         dtype=src.dtype,
-        device=describe_device(device),
+        device=world.label(describe_device(device)),
         targets=[t.name for t in targets],
         batches=done.batches,
         micro_batch_size=plan.micro_batch_size,
@@ -204,8 +225,9 @@ def estimate_gradients(
         plan=plan.as_dict(),
         phases=phases,
     )
-    shapes = {t.name: (t.out_features, t.in_features) for t in targets}
-    ordered = {t.name: done.results[t.name] for t in targets}
+    if world.distributed:
+        info.plan.update(ranks=world.size, accumulator_bytes_per_rank=done.accumulator_bytes)
+    ordered = {t.name: done.results[t.name] for t in targets if t.name in done.results}  # torchrun: this rank's
     snaps = {b * bs: v for b, v in done.snapshots.items()}
     est = GradientEstimate(info, calib.info, src.meta, shapes, snapshots=snaps)
     if req.mode == "exact" and use_reduce is None:
@@ -219,6 +241,36 @@ def estimate_gradients(
         write_cache(req.cache, est, req)
         progress.message(f"wrote {req.cache}")
     return est
+
+
+def _prepare(
+    req: GradientRequest, device: torch.device, progress: Progress, lap: Laps, world: World
+) -> tuple[ModelSource, CalibrationSet, list[TensorInfo] | None, ModelShape, int]:
+    """Model source, encoded calibration data, headers, the shape for the memory plan, and the width multiple.
+
+    Under torchrun a Hub model is downloaded into the HF cache by each node's local rank 0 first.
+    """
+    src = world.first_locally(
+        lambda: open_model(
+            req.model, revision=req.revision, token=req.token, dtype=req.dtype, device=device, tokenizer=req.tokenizer
+        )
+    )
+    if src.dtype_reason:
+        progress.message(f"computing in {src.dtype}: {src.dtype_reason}")
+    if src.max_positions is not None and req.calib.max_length > src.max_positions:
+        raise SvdtoolError(
+            f"--max-length {req.calib.max_length} is longer than the model's maximum sequence length "
+            f"{src.max_positions}: lower --max-length"
+        )
+    bs = req.calib.batch_size
+    if req.micro_batch_size is not None and req.micro_batch_size > bs:
+        raise SvdtoolError(f"--micro-batch-size {req.micro_batch_size} is larger than --batch-size {bs}")
+    lap("open")
+    calib = prepare_calibration(req.calib, src.tokenizer)  # data errors surface before the weights load
+    lap("calibration")
+    infos = _checkpoint_infos(src.folder)
+    shape = model_shape(src.meta.config, infos or [], req.targets, src.dtype)
+    return src, calib, infos, shape, width_multiple(device, req.offload)
 
 
 def _checkpoint_infos(folder: Path) -> list[TensorInfo] | None:
@@ -249,19 +301,6 @@ def _oom_message(plan: MemoryPlan, req: GradientRequest) -> str:
         f"the device ran out of memory during the gradient passes ({plan.groups} layer group(s), micro-batch "
         f"{plan.micro_batch_size}, estimated {plan.need / 2**30:.1f} GiB); try {', '.join(advice)}, or more GPUs"
     )
-
-
-class Laps:
-    """Named wall-clock phases: ``lap(name)`` records the seconds since the previous lap."""
-
-    def __init__(self, into: dict[str, float]) -> None:
-        self.into = into
-        self.t = time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        now = time.perf_counter()
-        self.into[name] = round(now - self.t, 4)
-        self.t = now
 
 
 def _sketch_info(targets: list[Target], req: GradientRequest) -> dict[str, int]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from svdtool.errors import SvdtoolError
-from svdtool.nonfinite import first_nonfinite, refusal
+from svdtool.nonfinite import NonFinite, first_nonfinite, refusal
 
 if TYPE_CHECKING:
     import torch
@@ -33,14 +33,25 @@ def check_folded(states: Mapping[str, Any], model: nn.Module, micro: list[MicroB
 
     The message names the layer and the first calibration batch whose loss is NaN or ±Inf.
     """
+    found = folded_nonfinite(states)
+    if found is not None:
+        raise folded_refusal(found, model, micro, device)
+
+
+def folded_nonfinite(states: Mapping[str, Any]) -> tuple[str, NonFinite] | None:
+    """The first target whose accumulator (exact, or its row shard) or sketches hold NaN or ±Inf."""
     parts = []
     for name, st in states.items():
         parts += [(name, st.acc)] if hasattr(st, "acc") else [(name, st.y), (name, st.w)]  # Exact | SketchFold
-    found = first_nonfinite(parts)
-    if found is not None:
-        name, bad = found
-        why = _culprit(model, micro, device)
-        raise SvdtoolError(f"the gradient of {name} has non-finite values ({bad}): {why}")
+    return first_nonfinite(parts)
+
+
+def folded_refusal(
+    found: tuple[str, NonFinite], model: nn.Module, micro: list[MicroBatch], device: torch.device
+) -> SvdtoolError:
+    """The error for a non-finite folded gradient; it runs forward passes (every rank of a sharded model must)."""
+    name, bad = found
+    return SvdtoolError(f"the gradient of {name} has non-finite values ({bad}): {_culprit(model, micro, device)}")
 
 
 def _culprit(model: nn.Module, micro: list[MicroBatch], device: torch.device) -> str:

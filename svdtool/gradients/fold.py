@@ -17,7 +17,7 @@ a leaf that requires grad (:mod:`svdtool.gradients.passes`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 _MIXED: dict[str, bool] = {}  # which mixed-precision GEMM forms this torch supports on CUDA (probed once)
 
 
-def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with a float32 result; on CUDA low-precision inputs stay low precision (float32 accumulate)."""
     import torch
 
@@ -61,7 +61,7 @@ def _addmm32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
             return
         except (RuntimeError, TypeError):
             _MIXED["addmm"] = False
-    acc.add_(_mm32(a, b).to(acc.device))
+    acc.add_(mm32(a, b).to(acc.device))
 
 
 class ExactFold:
@@ -76,7 +76,7 @@ class ExactFold:
     def fold(self, x: torch.Tensor, d: torch.Tensor) -> None:
         """x (T, in), d (T, out) in the model dtype."""
         if self.acc.device != d.device:  # host-offloaded accumulator
-            self.acc.add_(_mm32(d.T, x).to(self.acc.device, non_blocking=False))
+            self.acc.add_(mm32(d.T, x).to(self.acc.device, non_blocking=False))
         else:
             _addmm32(self.acc, d.T, x)
 
@@ -125,7 +125,13 @@ class SketchFold:
         _addmm32(self.w, self.psi @ d.T, x)  # (l, T) @ (T, in)
 
 
-def install(target: Target, state: ExactFold | SketchFold) -> Any:
+class Fold(Protocol):
+    """What :func:`install` calls in backward (:class:`ExactFold`, :class:`SketchFold` and the sharded folds)."""
+
+    def fold(self, x: torch.Tensor, d: torch.Tensor) -> None: ...
+
+
+def install(target: Target, state: Fold) -> Any:
     """Fold ``target``'s weight gradient in backward: a forward hook keeps the input X and hooks the output.
 
     The layer itself runs unchanged (its weight does not require grad, so autograd computes only the input

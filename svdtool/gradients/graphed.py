@@ -33,6 +33,7 @@ eagerly. ``SVDTOOL_CUDA_GRAPHS=0`` turns graphs off (:mod:`svdtool.linalg.cuda_g
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,8 +55,17 @@ ADAPTIVE = True
 
 
 def usable(device: torch.device, offload: bool) -> bool:
-    """Whether steps may be graphed: on CUDA, graphs not turned off, accumulators not in host memory (they sync)."""
-    return cuda_graphs.ENABLED and device.type == "cuda" and not offload
+    """Whether steps may be graphed: on CUDA, graphs not turned off, accumulators not in host memory (they sync),
+    and not under torch.distributed (the sharded passes run collectives inside the hooks)."""
+    return cuda_graphs.ENABLED and device.type == "cuda" and not offload and not _in_process_group()
+
+
+def _in_process_group() -> bool:
+    if "torch.distributed" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized())
 
 
 def width_multiple(device: torch.device, offload: bool) -> int:

@@ -219,7 +219,7 @@ def find_targets(model: nn.Module, targets: list[str], checkpoint_names: set[str
     for mname, module in model.named_modules():
         if not isinstance(module, (nn.Linear, Conv1D)):
             continue
-        name = _checkpoint_name(f"{mname}.weight", prefix, checkpoint_names)
+        name = checkpoint_name(f"{mname}.weight", prefix, checkpoint_names)
         if not naming.is_adapter_target(name, targets):
             continue
         block = naming.layer_index(name)
@@ -236,7 +236,7 @@ def find_targets(model: nn.Module, targets: list[str], checkpoint_names: set[str
     return out
 
 
-def _checkpoint_name(name: str, prefix: str, names: set[str] | None) -> str:
+def checkpoint_name(name: str, prefix: str, names: set[str] | None) -> str:
     """The tensor name the checkpoint uses (some omit the base-model prefix, e.g. GPT-2's ``transformer.``)."""
     if not names or name in names:
         return name

@@ -83,6 +83,13 @@ class Checkpoint(ABC):
         The result may be a zero-copy view of a memory map: never write into it.
         """
 
+    def read_rows(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of a tensor (dim 0), on the CPU in its source dtype: one rank's FSDP shard.
+
+        Readers that can seek read only those rows; the default reads the tensor and slices it.
+        """
+        return self.read(info)[start:stop]
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release open files or connections."""
 

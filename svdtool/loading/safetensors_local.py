@@ -162,7 +162,7 @@ class LocalSafetensors(Checkpoint):
     def tensors(self) -> list[TensorInfo]:
         return list(self._infos)
 
-    def read(self, info: TensorInfo) -> torch.Tensor:
+    def _file(self, info: TensorInfo) -> Any:
         from safetensors import SafetensorError, safe_open
 
         if self._open_file != info.file:
@@ -172,7 +172,14 @@ class LocalSafetensors(Checkpoint):
             except SafetensorError as exc:
                 raise SvdtoolError(f"{self.root / info.file} cannot be read: {exc}") from None
             self._open_file = info.file
-        return self._handle.get_tensor(info.name)
+        return self._handle
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        return self._file(info).get_tensor(info.name)
+
+    def read_rows(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
+        """Only the bytes of those rows (a row-major tensor's rows are one contiguous range)."""
+        return self._file(info).get_slice(info.name)[start:stop]
 
     def close(self) -> None:
         self._handle = None

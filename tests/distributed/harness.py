@@ -32,7 +32,8 @@ def _entry(rank: int, world: int, rdzv: str, fn: Callable[..., Any], args: tuple
     try:
         fn(rank, *args)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # a rank that gave up mid-pass tore it down already
+            dist.destroy_process_group()
 
 
 def run_distributed(fn: Callable[..., Any], tmp: Path, *args: Any, world: int = 2) -> None:

@@ -51,13 +51,13 @@ def test_the_environment_decides(monkeypatch: pytest.MonkeyPatch, env: dict, siz
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_single_process_commands_refuse_torchrun_in_one_line(tmp_path: Path, rank: str) -> None:
     env = {"WORLD_SIZE": "2", "RANK": rank, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "9"}
-    r = _svdtool(env, "coverage", str(tmp_path), "--calib", "x.jsonl")
+    r = _svdtool(env, "verify", str(tmp_path))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     if rank == "0":
         assert r.stderr.strip().splitlines() == [
-            "error: svdtool coverage runs in one process: start it without torchrun (under torchrun: spectrum, "
-            "init; see docs/distributed.md)"
+            "error: svdtool verify runs in one process: start it without torchrun (under torchrun: spectrum, "
+            "init, coverage; see docs/distributed.md)"
         ]
     else:
         assert r.stderr == ""  # rank 0 speaks for every rank
