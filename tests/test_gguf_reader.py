@@ -63,3 +63,28 @@ def test_truncated_file_is_one_line_error(gguf_file: Path, tmp_path: Path) -> No
     bad.write_bytes(gguf_file.read_bytes()[:4096])
     with pytest.raises(SvdtoolError, match="not a readable GGUF file"):
         open_checkpoint(str(bad))
+
+
+def _one_tensor_gguf(path: Path, dims: list[int], ggml_type: int, data: bytes) -> Path:
+    """A hand-made GGUF v3: no metadata, one tensor ``t`` at offset 0 of the data section (alignment 32)."""
+    import struct
+
+    head = b"GGUF" + struct.pack("<IQQ", 3, 1, 0)
+    head += struct.pack("<Q", 1) + b"t" + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+    head += struct.pack("<IQ", ggml_type, 0)
+    path.write_bytes(head + b"\0" * (-len(head) % 32) + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("dims", "ggml_type", "message"),
+    [
+        ([0, 2**63 + 5], 0, "impossible shape"),  # F32: zero elements, but no library can hold the shape
+        ([2**40, 2**40], 0, "impossible shape"),
+        ([33, 1], 8, "whole number of 32-blocks"),  # Q8_0 rows are blocks of 32
+    ],
+)
+def test_impossible_shapes_are_one_line_errors(tmp_path: Path, dims: list[int], ggml_type: int, message: str) -> None:
+    bad = _one_tensor_gguf(tmp_path / "bad.gguf", dims, ggml_type, b"\0" * 4096)
+    with pytest.raises(SvdtoolError, match=message):
+        open_checkpoint(str(bad))

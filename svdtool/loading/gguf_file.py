@@ -50,7 +50,8 @@ def _version(package: str) -> str:
         return ""
 
 
-_VIEWS = {"F32": "<f4", "F64": "<f8"}
+#: Types copied out of the map as they are (integers stay integers: spectrum lists and skips them).
+_VIEWS = {"F32": "<f4", "F64": "<f8", "I8": "<i1", "I16": "<i2", "I32": "<i4", "I64": "<i8"}
 
 
 class GGUFCheckpoint(Checkpoint):
@@ -99,21 +100,32 @@ class GGUFCheckpoint(Checkpoint):
         return out
 
     def read(self, info: TensorInfo) -> torch.Tensor:
-        import numpy as np
         import torch
+
+        try:
+            values = self._decode(info)
+        except (ValueError, TypeError, NotImplementedError, RuntimeError) as exc:
+            problem = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        else:
+            return torch.from_numpy(values).reshape(info.shape)
+        # Raised here, outside the handler, so that no traceback keeps a view of the map alive (close() needs none).
+        raise SvdtoolError(f"{self._file}: tensor {info.name} cannot be decoded ({problem}): the file is damaged")
+
+    def _decode(self, info: TensorInfo) -> Any:
+        """The tensor's values as a new numpy array (never a view of the map), flat or (rows, columns)."""
+        import numpy as np
         from gguf import quants
         from gguf.quants import quant_shape_to_byte_shape
 
         t = self._by_name[info.name]
         qtype = self._gguf.GGMLQuantizationType(t.ggml_type)
         raw = np.frombuffer(self._map, dtype=np.uint8, count=t.nbytes, offset=t.offset)  # a view of the map
-        if qtype.name in _VIEWS:  # float32/float64: copy out of the read-only map
-            values = raw.view(_VIEWS[qtype.name]).copy()
-        elif qtype.name == "F16":
-            values = raw.view(np.float16).astype(np.float32)
-        else:  # quantized (and BF16): gguf's dequantize of (rows, bytes per row) gives a new float32 array
-            values = quants.dequantize(raw.reshape(quant_shape_to_byte_shape(info.shape, qtype)), qtype)
-        return torch.from_numpy(values).reshape(info.shape)
+        if qtype.name in _VIEWS:  # copy out of the read-only map
+            return raw.view(_VIEWS[qtype.name]).copy()
+        if qtype.name == "F16":
+            return raw.view(np.float16).astype(np.float32)
+        # quantized (and BF16): gguf's dequantize of (rows, bytes per row) gives a new float32 array
+        return quants.dequantize(raw.reshape(quant_shape_to_byte_shape(info.shape, qtype)), qtype)
 
     def close(self) -> None:
         self._map.close()

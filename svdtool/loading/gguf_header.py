@@ -91,6 +91,10 @@ class _Cursor:
         raise GGUFFormatError(f"unknown metadata value type {vtype}")
 
 
+#: Bound on a dimension and on a tensor's element count (int64, as numpy and torch index).
+MAX_ELEMENTS = 1 << 62
+
+
 def read_header(buf: mmap.mmap) -> GGUFHeader:
     """Parse the header of a mapped GGUF file."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -125,6 +129,12 @@ def read_header(buf: mmap.mmap) -> GGUFHeader:
         numel = 1
         for d in dims:
             numel *= d
+        # Shapes that no tensor library can hold (a dimension or element count past int64), or a quantized
+        # row that is not whole blocks, are damage; so is a zero-sized dimension beside a huge one.
+        if any(d >= MAX_ELEMENTS for d in dims) or numel >= MAX_ELEMENTS:
+            raise GGUFFormatError(f"tensor {name} has an impossible shape {list(dims)}")
+        if dims and dims[0] % block:
+            raise GGUFFormatError(f"tensor {name}: {dims[0]} values per row is not a whole number of {block}-blocks")
         nbytes = numel // block * type_size
         if data_start + offset + nbytes > len(buf):
             raise GGUFFormatError(f"tensor {name} runs past the end of the file")
