@@ -45,7 +45,7 @@ from svdtool.results.init import LayerInit
 if TYPE_CHECKING:
     import torch
 
-    from svdtool.commands.init import InitRequest
+    from svdtool.commands.init_request import InitRequest
 
 
 def estimate_and_stream(
