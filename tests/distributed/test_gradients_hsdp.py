@@ -5,6 +5,7 @@ one all-reduce across the nodes at the end: exact and sketch gradients equal one
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -124,3 +125,29 @@ def test_requested(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SvdtoolError, match=f"{MESH_ENV}='node': expected auto or world") as err:
         requested()
     assert err.value.exit_code == 2
+
+
+@needs_fork
+@pytest.mark.slow
+def test_two_torchrun_agents_run_hsdp_coverage(lora_ga_tiny: dict, tmp_path: Path) -> None:
+    """Two torchrun agents of two workers on 127.0.0.1 (LOCAL_WORLD_SIZE=2 from torchrun itself): coverage on
+    the HSDP mesh equals the single-process JSON numbers."""
+    from tests.distributed.test_coverage_distributed import same_numbers
+    from tests.distributed.test_torchrun_cli import _done, _free_port, _svdtool, _torchrun
+    from tests.distributed.test_torchrun_coverage import _numbers
+
+    model, calib = str(lora_ga_tiny["llama"]), str(lora_ga_tiny["qa"])
+    args = ("coverage", model, "--calib", calib, "--samples", "7", "--max-length", "24", "--batch-size", "3",
+            "--ranks", "2,4", "--device", "cpu", "--format", "json")  # fmt: skip
+    rdzv = ("--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d")
+    rdzv += ("--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "svdtool-hsdp")
+    agents = [_torchrun(*args, "--out", str(tmp_path / f"node{k}"), launcher=rdzv) for k in range(2)]
+    results = [_done(a) for a in agents]
+    assert [rc for rc, _, _ in results] == [0, 0], [e for _, _, e in results]
+    out = next(o for _, o, _ in results if o.strip())  # the agent whose worker got rank 0
+    assert json.loads(out)["gradient"]["plan"]["mesh"]["kind"] == "hsdp"
+    assert json.loads(out)["gradient"]["plan"]["mesh"]["shard"] == 2
+    assert "HSDP: weights sharded within each of 2 nodes of 2 ranks" in "".join(e for _, _, e in results)
+    one = _svdtool(*args, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    same_numbers(_numbers(out), _numbers(one.stdout))
