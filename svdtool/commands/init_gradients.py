@@ -89,6 +89,7 @@ def provenance(est: GradientEstimate) -> dict[str, Any]:
         "gradient_groups": g.groups,
         "gradient_micro_batch_size": g.micro_batch_size,
         "gradient_plan": g.plan.get("reason"),
+        **({"gradient_mesh": _mesh(g.plan["mesh"])} if "mesh" in g.plan else {}),  # torchrun only
         "gradient_dtype_reason": g.dtype_reason,
         "gradient_seconds": g.seconds,
         "gradient_peak_device_memory": g.peak_device_memory,
@@ -96,3 +97,8 @@ def provenance(est: GradientEstimate) -> dict[str, Any]:
         "gradient_cache": g.cache,
         "gradient_cuda_graphs": ", ".join(f"{k} {v}" for k, v in g.cuda_graphs.items()) or None,
     }
+
+
+def _mesh(mesh: dict[str, Any]) -> str:
+    """``hsdp 2x8`` (nodes x ranks per node) or ``flat 1x16``: how the sharded estimate split the weights."""
+    return f"{mesh['kind']} {mesh['replicate']}x{mesh['shard']}"

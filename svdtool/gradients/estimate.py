@@ -24,6 +24,7 @@ from svdtool.calibration import CalibrationSet, CalibRequest, prepare_calibratio
 from svdtool.calibration.encode import pad_id
 from svdtool.engine.world import World, current
 from svdtool.errors import SvdtoolError
+from svdtool.gradients import mesh as mesh_choice
 from svdtool.gradients import sharded
 from svdtool.gradients.compute import SKETCH_OVERSAMPLE, ComputeSettings, compute_gradients, micro_batches
 from svdtool.gradients.finite import check_weights
@@ -152,26 +153,33 @@ def estimate_gradients(
     lap = Laps(phases)
     with world.phase():  # under torchrun: an input that fails on one rank only stops every rank here
         src, calib, infos, shape, multiple = _prepare(req, device, progress, lap, world)
+        want = mesh_choice.requested() if world.distributed else "auto"
     bs = req.calib.batch_size
     width = max(-(-len(e.input_ids) // multiple) * multiple for e in calib.items)
     budget = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
     if world.distributed and budget is not None:
         budget = min(world.all_gather(budget))  # one plan (micro-batch size, so step count) on every rank
-    plan = plan_memory(
-        sharded.per_rank(shape, world.size) if world.distributed else shape,
-        mode=req.mode,
-        offload=req.offload,
-        batch_size=bs,
-        width=width,
-        n_batches=-(-len(calib.items) // bs),
-        budget=budget,
-        groups=1 if world.distributed else req.groups,
-        micro_batch_size=req.micro_batch_size,
-        sketch_bytes=_sketch_bytes(infos or [], req) // world.size if req.mode == "sketch" else 0,  # sharded: 1/N
-    )
-    progress.message(f"gradient passes: {plan.groups} group(s), micro-batch {plan.micro_batch_size} ({plan.reason})")
+
+    def plan_for(ranks: int) -> MemoryPlan:  # a rank's share when the weights are split over ``ranks``
+        return plan_memory(
+            sharded.per_rank(shape, ranks),
+            mode=req.mode,
+            offload=req.offload,
+            batch_size=bs,
+            width=width,
+            n_batches=-(-len(calib.items) // bs),
+            budget=budget,
+            groups=1 if world.distributed else req.groups,
+            micro_batch_size=req.micro_batch_size,
+            sketch_bytes=_sketch_bytes(infos or [], req) // ranks if req.mode == "sketch" else 0,  # sharded: 1/L
+        )
+
+    mesh, plan = mesh_choice.choose(world, want, plan_for)  # one process: Mesh(1, 1)
+    world.agree(f"the weight mesh ({mesh_choice.MESH_ENV}, LOCAL_WORLD_SIZE)", mesh.as_dict())
+    line = f"gradient passes: {plan.groups} group(s), micro-batch {plan.micro_batch_size} ({plan.reason})"
+    progress.message(line + (f"; {mesh.describe()}" if world.distributed else ""))
     if world.distributed:
-        model = load_sharded(src, device, world)  # checks its rows for NaN or ±Inf on every rank
+        model = load_sharded(src, device, world, mesh)  # checks its rows for NaN or ±Inf on every rank
     else:
         model = load_weights(src, device)
         check_weights(model)  # NaN or ±Inf in a weight: refused before any pass
@@ -193,7 +201,7 @@ def estimate_gradients(
         if world.distributed:
             owned = (owners(shapes) if callable(owners) else owners) or sharded.default_owners(targets, world.size)
             done = sharded.compute_sharded(
-                model, targets, micro, settings, device, world, owned, progress, use_reduce, on_result
+                model, targets, micro, settings, device, world, owned, mesh, progress, use_reduce, on_result
             )
         else:
             done = compute_gradients(model, targets, micro, settings, device, progress, use_reduce, on_result)
@@ -226,7 +234,7 @@ def estimate_gradients(
         phases=phases,
     )
     if world.distributed:
-        info.plan.update(ranks=world.size, accumulator_bytes_per_rank=done.accumulator_bytes)
+        info.plan.update(ranks=world.size, mesh=mesh.as_dict(), accumulator_bytes_per_rank=done.accumulator_bytes)
     ordered = {t.name: done.results[t.name] for t in targets if t.name in done.results}  # torchrun: this rank's
     snaps = {b * bs: v for b, v in done.snapshots.items()}
     est = GradientEstimate(info, calib.info, src.meta, shapes, snapshots=snaps)

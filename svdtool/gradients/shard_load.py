@@ -5,8 +5,9 @@ which copies the flag into the sharded parameters), and sharded with ``fully_sha
 root last (embeddings, final norm and LM head, tied or not, in the root's group). ``to_empty`` then gives
 every rank uninitialised storage for its shard only.
 
-FSDP2 shards dim 0 like ``torch.chunk``: rank r holds rows [r·c, min((r+1)·c, n)) with c = ⌈n/N⌉. Those
-rows of a row-major tensor are one contiguous byte range, which svdtool's loading layer reads directly
+FSDP2 shards dim 0 like ``torch.chunk`` over the mesh's shard dimension (all N ranks, or under HSDP the L
+ranks of a node, :mod:`svdtool.gradients.mesh`): shard i holds rows [i·c, min((i+1)·c, n)) with
+c = ⌈n/L⌉. Those rows of a row-major tensor are one contiguous byte range, which svdtool's loading layer reads directly
 (:meth:`svdtool.loading.Checkpoint.read_rows`), so no rank ever holds a whole weight. Non-persistent buffers
 (Llama's RoPE ``inv_freq``) are in no checkpoint and ``to_empty`` leaves them as garbage: they are rebuilt
 by constructing the module again from its config, on the rank's device.
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from svdtool.engine.world import World
 from svdtool.errors import SvdtoolError
+from svdtool.gradients.mesh import Mesh
 from svdtool.gradients.model import DTYPES, ModelSource, blocks, checkpoint_name
 from svdtool.loading import open_checkpoint
 from svdtool.nonfinite import first_nonfinite, refusal
@@ -34,10 +36,10 @@ def row_range(rows: int, rank: int, ranks: int) -> tuple[int, int]:
     return start, min(rows, start + chunk)
 
 
-def load_sharded(src: ModelSource, device: torch.device, world: World) -> Any:
-    """The model in eval mode, every parameter frozen and sharded over ``world``, this rank's rows filled."""
+def load_sharded(src: ModelSource, device: torch.device, world: World, mesh: Mesh) -> Any:
+    """The model in eval mode, every parameter frozen and sharded on ``mesh`` (over the ranks of a node under
+    HSDP, replicated across nodes), this rank's rows filled."""
     import torch
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -46,20 +48,21 @@ def load_sharded(src: ModelSource, device: torch.device, world: World) -> Any:
         model: Any = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, DTYPES[src.dtype]))
     model.eval()
     model.requires_grad_(False)  # before fully_shard: the sharded parameters inherit the flag
-    mesh = init_device_mesh(device.type, (world.size,))
+    fsdp_mesh = mesh.build(device.type)  # 2-D (replicate, shard): FSDP2's HSDP
     for _, block in blocks(model):
-        fully_shard(block, mesh=mesh, reshard_after_forward=True)
-    fully_shard(model, mesh=mesh)  # the root: embeddings, final norm, LM head
+        fully_shard(block, mesh=fsdp_mesh, reshard_after_forward=True)
+    fully_shard(model, mesh=fsdp_mesh)  # the root: embeddings, final norm, LM head
     model.to_empty(device=device)
     with world.phase():  # a read that fails on one rank stops every rank here, before any collective pass
-        _fill_rows(model, src, world)
+        _fill_rows(model, src, mesh.coords(world.rank)[1], mesh.shard)
         _rebuild_buffers(model, device)
     _check_finite(model, world)
     return model
 
 
-def _fill_rows(model: nn.Module, src: ModelSource, world: World) -> None:
-    """Copy this rank's rows of every parameter from the checkpoint, converted to the compute dtype."""
+def _fill_rows(model: nn.Module, src: ModelSource, index: int, ranks: int) -> None:
+    """Copy this rank's rows (shard ``index`` of ``ranks``) of every parameter from the checkpoint, converted to
+    the compute dtype."""
     import torch
 
     prefix = getattr(model, "base_model_prefix", "")
@@ -77,7 +80,7 @@ def _fill_rows(model: nn.Module, src: ModelSource, world: World) -> None:
                 shapes = f"{tuple(info.shape)} in the checkpoint, {tuple(param.shape)} in the model"
                 raise SvdtoolError(f"{name} is {shapes}")
             local = param.to_local() if hasattr(param, "to_local") else param  # (rows of this rank, ...)
-            start, stop = row_range(param.shape[0], world.rank, world.size) if param.dim() else (0, 0)
+            start, stop = row_range(param.shape[0], index, ranks) if param.dim() else (0, 0)
             if local.dim() and local.shape[0] != stop - start:
                 raise SvdtoolError(f"{name}: FSDP's shard has {local.shape[0]} rows, expected {stop - start}")
             with torch.no_grad():

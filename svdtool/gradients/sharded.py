@@ -6,17 +6,20 @@ ranks is the single-process sum. Every rank runs the same number of steps, becau
 pair up across ranks: a rank with fewer micro-batches runs copies whose labels are all ignored, so their
 summed loss is 0 (a sum, never a 0/0 mean) and they fold zeros.
 
-* exact: in each target's backward hook, δᵀX (out, in) float32 is reduce-scattered: rank r adds rows
-  [r·c, (r+1)·c) (c = ⌈out/N⌉) of the sum over ranks into its own accumulator (c, in). That is 4·P/N bytes
-  per rank, beside FSDP's 2·P/N of bf16 weights. FSDP's own ``.grad`` is not used: it stays bf16 for bf16
-  weights in torch ≤ 2.13.
+* exact: in each target's backward hook, δᵀX (out, in) float32 is reduce-scattered over the L ranks that
+  share the weights' rows (:mod:`svdtool.gradients.mesh`: all N ranks on the flat mesh, a node's under
+  HSDP): rank r adds rows [i·c, (i+1)·c) (i = r % L, c = ⌈out/L⌉) of the sum into its own accumulator
+  (c, in). That is 4·P/L bytes per rank, beside FSDP's 2·P/L of bf16 weights. FSDP's own ``.grad`` is not
+  used: it stays bf16 for bf16 weights in torch ≤ 2.13.
 * sketch: every rank uses the same seeded Ω, Ψ, and the sketch terms are reduce-scattered the same way, so
-  a rank holds 1/N of every Y and W (:mod:`svdtool.gradients.sharded_fold`).
+  a rank holds 1/L of every Y and W (:mod:`svdtool.gradients.sharded_fold`).
+* HSDP (several nodes): after the last pass, one all-reduce over the nodes sums their partial shards, so
+  the traffic between nodes is once per run, not per micro-batch.
 
 At the end each target's gradient (or its top factors) is formed on its owner rank only (``owners``, the
-rank that uses it: coverage's share of the matrices, or the writer of its residual shard file). One pass
-over the data: the accumulators are already 1/N, so there are no layer groups, and no CUDA graphs
-(collectives run inside the hooks).
+rank that uses it: coverage's share of the matrices, or the writer of its residual shard file), gathered
+from its own node's ranks. One pass over the data: the accumulators are already 1/L, so there are no layer
+groups, and no CUDA graphs (collectives run inside the hooks).
 
 A rank that fails in the passes or in the gathers (its own reduce, say) leaves its peers waiting in a
 collective that will never complete: it tears the process groups down first, so that it exits at once
@@ -37,6 +40,7 @@ from svdtool.gradients import fold as folds
 from svdtool.gradients.compute import Computed, ComputeSettings, finish, test_matrices
 from svdtool.gradients.finite import folded_nonfinite, folded_refusal
 from svdtool.gradients.graphed import GraphStats
+from svdtool.gradients.mesh import Mesh
 from svdtool.gradients.model import Target, blocks
 from svdtool.gradients.passes import MicroBatch, PassPlan, Timer, run_pass, stage
 from svdtool.gradients.plan import ModelShape
@@ -62,7 +66,7 @@ def refuse_unsupported(cache: object, snapshots: list[int], groups: int | None) 
 
 
 def per_rank(shape: ModelShape, ranks: int) -> ModelShape:
-    """What one rank holds, for the memory plan: 1/N of the weights and of every block's accumulators."""
+    """What one rank holds, for the memory plan: 1/ranks of the weights and of every block's accumulators."""
     return dataclasses.replace(
         shape,
         weight_bytes=-(-shape.weight_bytes // ranks),
@@ -102,13 +106,16 @@ def compute_sharded(
     device: torch.device,
     world: World,
     owners: Mapping[str, int],
+    mesh: Mesh,
     progress: Progress | None = None,
     reduce: Callable[[str, torch.Tensor], Any] | None = None,
     on_result: Callable[[str, Any], None] | None = None,
 ) -> Computed:
-    """:func:`svdtool.gradients.compute.compute_gradients` over the world; results only for this rank's targets."""
+    """:func:`svdtool.gradients.compute.compute_gradients` over the world; results only for this rank's targets.
+
+    ``mesh`` is the one the model was sharded on: the accumulators are split the same way.
+    """
     import torch
-    import torch.distributed as dist
 
     progress = progress or SilentProgress()
     missing = [t.name for t in targets if not 0 <= owners.get(t.name, -1) < world.size]
@@ -116,12 +123,11 @@ def compute_sharded(
         raise SvdtoolError(f"no rank owns the gradient of {missing[0]}")  # a caller's bug, on every rank alike
     n_batches = micro[-1].batch + 1
     mine = share_of(micro, world)
-    group = dist.new_group()  # our reductions apart from FSDP's all-gathers
     stage(mine, device)
     param = next(model.parameters())
     tm = test_matrices(targets, settings, param.dtype, device) if settings.mode == "sketch" else {}
     xo_cache = folds.XOmegaCache()
-    shards = RowShards(world, group)
+    shards = RowShards(world, mesh, device)  # our reductions, in groups apart from FSDP's all-gathers
     acc_device = torch.device("cpu") if settings.offload else device
     states: dict[str, ShardedExactFold | ShardedSketchFold] = {
         t.name: ShardedSketchFold(t, tm[t.name][0], tm[t.name][1], xo_cache, shards)
@@ -144,6 +150,9 @@ def compute_sharded(
     try:
         plan_ = PassPlan(chain[0], chain[-1], top=True, bottom=True)  # one pass: the whole model
         run_pass(model, plan_, mine, device, None, device, on_step, settings.offload, stats)
+        for st in states.values():  # HSDP: the one all-reduce across nodes; then every node holds the sums
+            for buf in st.buffers():
+                shards.combine(buf)
     except BaseException as exc:
         raise abandon(exc, world) from None
     finally:
@@ -165,7 +174,7 @@ def compute_sharded(
                     on_result(t.name, value)  # the owner's reduce or consumer may fail there alone
     except BaseException as exc:
         raise abandon(exc, world) from None
-    dist.destroy_process_group(group)
+    shards.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = timer()

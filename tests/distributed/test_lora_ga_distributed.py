@@ -66,6 +66,8 @@ def test_two_ranks_write_the_single_process_adapter(lora_ga_tiny: dict, tmp_path
         assert_close(dist[key].double(), want.double(), "fp32", key)
     info = json.loads((tmp_path / "dist" / "svdtool.json").read_text())
     assert info["manifest"]["device"].startswith("2 ranks") and info["settings"]["extra"]["gradient"] == mode
+    assert info["settings"]["extra"]["gradient_mesh"] == "flat 1x2"  # one node: the flat mesh
+    assert "gradient_mesh" not in json.loads((tmp_path / "single" / "svdtool.json").read_text())["settings"]["extra"]
     assert (tmp_path / "dist" / "model.safetensors.index.json").read_text() == (
         tmp_path / "single" / "model.safetensors.index.json"
     ).read_text()
