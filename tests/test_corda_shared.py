@@ -25,7 +25,7 @@ def _unshared(w: torch.Tensor, cov: torch.Tensor, opts: InitOptions) -> Any:
     """The per-target CorDA of before the sharing: ridge, C_d, W·C_d triplets and ``torch.linalg.solve``."""
     d = ridge(cov)
     n = w.shape[1]
-    c_d = cov + torch.eye(n, dtype=torch.float64) * (torch.diagonal(cov).mean() * d)
+    c_d = cov + torch.eye(n, dtype=torch.float64, device=cov.device) * (torch.diagonal(cov).mean() * d)
     t = wc_triplets(w @ c_d, opts.rank, opts.extra["corda_mode"])
     v_r = torch.linalg.solve(c_d, t.vh.T)
     return sqrt_split(w, factorize.Triplets(t.u, t.s, v_r.T.contiguous(), t.algorithm, t.residual), opts)
@@ -146,3 +146,60 @@ def test_init_shares_each_input_and_writes_the_same_bits(lora_ga_tiny: dict, tmp
         assert torch.equal(adapter[lora_key(layer.module, "A")], ref.lora_A)
         assert torch.equal(adapter[lora_key(layer.module, "B")], ref.lora_B)
         assert torch.equal(residual[layer.name], ref.residual.to(w.dtype))
+
+
+# ---------------------------------------------------------------- CUDA (skipped on CI)
+def _tf32_engaged() -> bool:
+    """Whether a float32 product on CUDA runs in TF32 now: its inputs are then rounded to 10 mantissa bits, an
+    error of about 1e-3 against float64, where a float32 GEMM is within about 1e-6."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a, b = (torch.randn(1024, 1024, generator=g, device="cuda") for _ in range(2))
+    ref = a.double() @ b.double()
+    return float(((a @ b).double() - ref).norm() / ref.norm()) > 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_corda_statistics_of_a_bf16_model_run_in_tf32(lora_ga_tiny: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the real hooks of ``collect_statistics`` on a bf16 model on CUDA: every per-sample XᵀX is taken with
+    bf16 inputs while cuBLAS runs float32 products in TF32, and TF32 is off again afterwards."""
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    import svdtool.statistics.accumulate as accumulate
+    from svdtool.calibration import CalibRequest
+    from svdtool.statistics import ActivationRequest, collect_statistics
+
+    real = accumulate.exact_tf32
+    seen: list[tuple[torch.dtype, bool]] = []
+
+    @contextmanager
+    def spy(x: torch.Tensor) -> Iterator[None]:
+        with real(x):
+            seen.append((x.dtype, _tf32_engaged()))
+            yield
+
+    monkeypatch.setattr(accumulate, "exact_tf32", spy)
+    calib = CalibRequest(str(lora_ga_tiny["text"]), samples=4, max_length=24)
+    req = ActivationRequest(str(lora_ga_tiny["llama"]), calib, statistic="corda", device="cuda", dtype="bf16")
+    stats = collect_statistics(req, lambda names, c, n: c)
+    assert len(seen) == sum(stats.counts[g[0]] for g in stats.groups) > 0  # one per sample and distinct input
+    assert set(seen) == {(torch.bfloat16, True)}
+    assert not _tf32_engaged()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prepared_input_on_cuda_solves_as_linalg_solve() -> None:
+    """On CUDA too the shared LU gives torch.linalg.solve's bits, and a CorDA on the device equals the
+    per-target math of before there."""
+    cuda = torch.device("cuda")
+    cov = _covariance(300, 900, seed=3).to(cuda)
+    inp = prepare(cov, cuda)
+    rhs = torch.randn(16, 300, generator=torch.Generator(device="cuda").manual_seed(0), dtype=torch.float64,
+                      device="cuda").T  # fmt: skip
+    assert torch.equal(inp.solve(rhs), torch.linalg.solve(inp.c_d, rhs))
+    w = torch.randn(64, 300, generator=torch.Generator(device="cuda").manual_seed(1), dtype=torch.float64,
+                    device="cuda")  # fmt: skip
+    opts = InitOptions(rank=4, alpha=8.0, extra={"corda_mode": "ipm"})
+    _equal(corda.corda(w, opts, statistics=inp), _unshared(w, cov, opts))
