@@ -137,6 +137,7 @@ def test_init_shares_each_input_and_writes_the_same_bits(lora_ga_tiny: dict, tmp
                                statistics=stats.values))  # fmt: skip
     monkeypatch.undo()
     assert len(res.layers) == 14 and len(calls) == len(stats.groups) == 8
+    assert 0 < res.manifest.timings["inputs"] <= res.manifest.timings["math"]
     adapter = load_file(str(out / "corda_init" / "adapter_model.safetensors"))
     residual = load_file(str(out / "model-00001-of-00001.safetensors"))
     original = load_file(str(src / "model.safetensors"))

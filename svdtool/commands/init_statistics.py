@@ -15,6 +15,7 @@ released when the last target of that input has it.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -84,6 +85,7 @@ class SharedInputs:
         self.left: Counter[int] = Counter(id(self._value(t)) for t in targets) if shared else Counter()
         self.ready: dict[int, tuple[Any, Any]] = {}  # id(value) -> (value, prepared)
         self.prepared = 0  # how many times prepare ran
+        self.seconds = 0.0  # spent in prepare
 
     def _value(self, t: Target) -> Any:
         return lookup_gradient(self.source, t, "activation statistics")
@@ -95,8 +97,10 @@ class SharedInputs:
         key = id(value)
         entry = self.ready.pop(key, None)
         if entry is None:
+            t0 = time.perf_counter()
             entry = (value, self.prepare(value, self.device))
             self.prepared += 1
+            self.seconds += time.perf_counter() - t0
         self.left[key] -= 1
         if self.left[key] > 0:
             self.ready[key] = entry  # more targets read this input

@@ -246,6 +246,8 @@ def stream(
         "math": round(math_s, 4),
         "write": round(writers.seconds, 4),
     }
+    if spec.prepare is not None:
+        timings["inputs"] = round(shared.seconds, 4)  # the shared per-input work, part of "math"
     return layers, timings, names
 
 
