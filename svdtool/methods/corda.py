@@ -6,7 +6,7 @@ pass, X (T, in) of each sample scaled by 1/|max X| (the signed maximum's absolut
 C = mean over samples of X̃ᵀX̃. Then, as ``peft/tuners/lora/corda.py::collect_eigens_for_layer``:
 
     ridge:  C_d = C + d·mean(diag C)·I, d = 0.01, doubled until ‖C_d·C_d⁻¹ − I‖_F < 0.05
-            (the test runs in float32, as PEFT runs it, so the same d is chosen)
+            (the test runs in float32 on C's device, as PEFT runs it, so the same d is chosen)
     SVD:    W·C_d = U S Vhᵀ (float64: Gram eigh, certified, else a direct SVD),  V = (Vh·C_d⁻¹)ᵀ  (in, k)
             (C_d⁻¹·Vhᵀ from the LU factorisation of C_d: a solve, never an inverse)
     IPM:    keep the first r components (instruction-previewed: the largest)
@@ -111,13 +111,17 @@ def solve_factorises_transpose(device: torch.device) -> bool:
     """Whether ``torch.linalg.solve(A, B)`` of a contiguous A factorises Aᵀ and solves with ``adjoint=True``
     (how torch long did it, saving a copy) rather than A itself (torch 2.13 on the CPU).
 
-    Told by the LU that ``solve`` returns for a 3×3 probe whose LU and that of its transpose differ.
+    Told by the LU that ``solve`` returns for a 3×3 probe whose LU and that of its transpose differ. Were that
+    internal op gone, A itself is factorised: the same solution, to rounding.
     """
     import torch
 
     if device.type not in _SOLVE_TRANSPOSES:
         probe = torch.tensor([[1.0, 2.0, 0.0], [3.0, 1.0, 1.0], [0.0, 5.0, 2.0]], dtype=torch.float64, device=device)
-        lu = torch.ops.aten._linalg_solve_ex(probe, torch.eye(3, dtype=torch.float64, device=device))[1]
+        try:
+            lu = torch.ops.aten._linalg_solve_ex(probe, torch.eye(3, dtype=torch.float64, device=device))[1]
+        except (AttributeError, RuntimeError):
+            lu = torch.linalg.lu_factor(probe).LU
         _SOLVE_TRANSPOSES[device.type] = not torch.equal(lu, torch.linalg.lu_factor(probe).LU)
     return _SOLVE_TRANSPOSES[device.type]
 
