@@ -34,6 +34,7 @@ from svdtool.commands.init_layers import (
     init_layer,
     lookup_gradient,
 )
+from svdtool.commands.init_statistics import SharedInputs
 from svdtool.engine.work import Share
 from svdtool.linalg import cuda_graphs
 from svdtool.loading import Checkpoint, TensorInfo
@@ -174,6 +175,8 @@ def stream(
         mine, owned = owned_tensors(share, shards)
         infos = [i for i in infos if i.name in owned]
         order = [i for i in order if i.name in owned]
+    # Per-input work (CorDA's ridge and LU) once per input that several targets read, freed after its last one.
+    shared = SharedInputs(req.statistics, [by_name[i.name] for i in order if i.name in by_name], spec.prepare, device)
     residual = ShardSet(tmp, [shards[k] for k in mine], [names[k] for k in mine]) if mine else None
     adapter = None
     if not distributed:
@@ -207,8 +210,10 @@ def stream(
                 with cuda_graphs.exclusive():  # never beside a capture of the calibration passes
                     if grad is not None:
                         grad = gradient_for(grad, t, device)
-                    stats = lookup_gradient(req.statistics, t, "activation statistics") if spec.statistic else None
-                    record, a, b, stored = init_layer(t, tensor, spec, opts, grad, stats)
+                    # Not bound to a name: a shared input's last target frees it as soon as its math is done.
+                    record, a, b, stored = init_layer(
+                        t, tensor, spec, opts, grad, shared(t) if spec.statistic else None
+                    )
                     fetch = copier.copy(stored) if copier is not None and residual is not None else None
                     a_host, b_host = a.cpu(), b.cpu()
                 layers.append(record)
@@ -241,6 +246,8 @@ def stream(
         "math": round(math_s, 4),
         "write": round(writers.seconds, 4),
     }
+    if spec.prepare is not None:
+        timings["inputs"] = round(shared.seconds, 4)  # the shared per-input work, part of "math"
     return layers, timings, names
 
 

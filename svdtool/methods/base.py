@@ -14,7 +14,7 @@ written, on the original model.
 Keyword arguments a method may receive (and must otherwise ignore through ``**_``): ``name`` (the
 checkpoint tensor name, e.g. for a per-layer seed), and for ``needs_gradient`` methods ``gradient``,
 ``transposed`` and ``source_dtype``, and for methods with a ``statistic`` ``statistics`` (CorDA's
-covariance, EVA's allocated components).
+covariance or its shared per-input part, EVA's allocated components).
 """
 
 from __future__ import annotations
@@ -90,3 +90,7 @@ class MethodSpec:
     # Activation statistics of the layer inputs the method takes as ``statistics=`` (:mod:`svdtool.statistics`):
     # "corda" (CorDA's uncentred covariance) or "centred" (EVA's principal components), collected from --calib.
     statistic: str | None = None
+    # With a statistic: prepare(value, device) -> what fn takes as ``statistics=``, the part of the method that
+    # depends on the input only (CorDA: ridge, C_d, its LU). Run once per distinct input and shared by the targets
+    # that read it (q/k/v, gate/up); None: fn takes the value as it is.
+    prepare: Callable[[Any, torch.device], Any] | None = None
