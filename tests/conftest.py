@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,14 @@ def smollm2_lora_ga(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     root = tmp_path_factory.mktemp("smollm2_lora_ga")
     calib = smollm2_calibration(root / "docs.jsonl")
     return smollm2_request(smollm2_dir, calib, root)
+
+
+@pytest.fixture
+def eager_bitsandbytes() -> Iterator[None]:
+    """torch.compile off for the test (bitsandbytes compiles its CPU dequantisation once per shape, seconds each).
+
+    Through torch's own config patch: pytest ≥ 9.2's monkeypatch cannot restore a config-module attribute
+    (it deletes it on undo, and every later test then fails to set it).
+    """
+    with torch._dynamo.config.patch(disable=True):
+        yield

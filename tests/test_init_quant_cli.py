@@ -36,10 +36,8 @@ CASES = {  # case -> (method, extra CLI options)
 }
 
 
-@pytest.fixture(autouse=True)
-def _eager_bitsandbytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bitsandbytes compiles its CPU dequantisation once per shape (seconds each): run it eagerly."""
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+# bitsandbytes compiles its CPU dequantisation once per shape (seconds each): run it eagerly.
+pytestmark = pytest.mark.usefixtures("eager_bitsandbytes")
 
 
 @pytest.fixture(scope="module")

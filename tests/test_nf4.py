@@ -20,10 +20,8 @@ from svdtool.quant import dynamic8, nf4
 bnb_f = pytest.importorskip("bitsandbytes.functional")
 
 
-@pytest.fixture(autouse=True)
-def _eager_bitsandbytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bitsandbytes compiles its CPU dequantisation once per shape (seconds each): run it eagerly."""
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+# bitsandbytes compiles its CPU dequantisation once per shape (seconds each): run it eagerly.
+pytestmark = pytest.mark.usefixtures("eager_bitsandbytes")
 
 
 #: ``dQuantizeNF4``'s decimal literals (bitsandbytes csrc/kernels.cu), ascending.

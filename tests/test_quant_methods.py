@@ -24,10 +24,8 @@ from tests.helpers import assert_close, matrix_with_spectrum
 SHAPES = [(96, 64), (64, 128), (128, 128)]
 
 
-@pytest.fixture(autouse=True)
-def _eager_bitsandbytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bitsandbytes compiles its CPU dequantisation once per shape (seconds each): run it eagerly."""
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+# bitsandbytes compiles its CPU dequantisation once per shape (seconds each): run it eagerly.
+pytestmark = pytest.mark.usefixtures("eager_bitsandbytes")
 
 
 def weight(shape: tuple[int, int], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
