@@ -20,7 +20,7 @@ from svdtool.commands.common import (
     utc_now,
     write_result_with_sigmas,
 )
-from svdtool.commands.per_head import PerHeadTap
+from svdtool.commands.per_head import PerHeadSigmas
 from svdtool.commands.snr_files import write_axolotl_files
 from svdtool.engine.plan import Job, matrix_cost
 from svdtool.engine.pool import Computed, compute_all, plan_workers
@@ -140,12 +140,12 @@ def run_spectrum(req: SpectrumRequest, progress: Progress | None = None, world: 
         progress.start(label, len(mine), sum(infos[i].nbytes for i in mine))
         workers, helpers = plan_workers(device, req.cpu_workers, world.cores())
         check = TimedCheck()
-        tap = PerHeadTap(ckpt, device)  # per-head σ of q/k/v/o from the same single read of each tensor
+        heads = PerHeadSigmas(ckpt.meta.config)  # per-head σ of q/k/v/o from the same single read of each tensor
         with world.phase():
-            done, broken = _compute(tap, [infos[i] for i in mine], workers, helpers, progress, check)
+            done, broken = _compute(ckpt, [infos[i] for i in mine], workers, helpers, progress, check, heads)
         # Back to positions in ``infos``: the results are ordered as in one process.
         local = [replace(c, index=mine[c.index]) for c in done]
-        everything = share.collect([(local, broken, check.seconds, tap.sigmas)])
+        everything = share.collect([(local, broken, check.seconds, heads.sigmas)])
     done = [c for part, _, _, _ in everything for c in part]
     per_head = {k: v for _, _, _, heads in everything for k, v in heads.items()}
     order = {info.name: k for k, info in enumerate(infos)}
@@ -171,14 +171,18 @@ def _selection(ckpt: Checkpoint, req: SpectrumRequest) -> tuple[list[TensorInfo]
 
 
 def _compute(
-    ckpt: Checkpoint | PerHeadTap,
+    ckpt: Checkpoint,
     infos: list[TensorInfo],
     workers: list[Worker],
     helpers: int,
     progress: Progress,
     check: TimedCheck,
+    heads: PerHeadSigmas,
 ) -> tuple[list[Computed], list[SkippedTensor]]:
-    """The local pool over ``infos``: one Computed per finite matrix (completion order), and the damaged ones."""
+    """The local pool over ``infos``: one Computed per finite matrix (completion order), and the damaged ones.
+
+    Each finite weight also goes to ``heads`` on the reader thread, on the device (the per-head claim reading).
+    """
     done: list[Computed] = []
     broken: list[SkippedTensor] = []
     if not infos:
@@ -189,6 +193,7 @@ def _compute(
         """Before any math: a matrix with NaN or ±Inf is skipped, with its counts (reader thread)."""
         bad = check.counts(w)
         if bad is None:
+            heads.take(info, w)
             return True
         broken.append(SkippedTensor(info.name, list(info.shape), f"non-finite values: {bad}", *astuple(bad)))
         progress.advance(info.name, info.nbytes)
