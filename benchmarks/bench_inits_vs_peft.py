@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -123,14 +124,28 @@ def commands(c: Config, model: Path, calib: Path | None, out: Path) -> tuple[lis
     return ours, theirs
 
 
+def dirty_kib() -> int | None:
+    """Dirty + Writeback pages (KiB) of the page cache: data written but not yet on disk."""
+    try:
+        rows = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        return int(rows["Dirty"].split()[0]) + int(rows["Writeback"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def run(cmd: list[str]) -> dict[str, Any]:
+    """One command in a fresh process, timed from the outside. The page cache is flushed first (``sync``, which
+    keeps it warm): a command must not pay for the previous one's writes still draining to disk."""
+    before = dirty_kib()
+    os.sync()
     with DevicePoll() as poll:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"failed": proc.returncode, "stderr": proc.stderr[-3000:], "wall": round(wall, 3)}
-    return {"wall": round(wall, 3), "polled": poll.peak, "stdout": proc.stdout, "stderr": proc.stderr}
+    return {"wall": round(wall, 3), "polled": poll.peak, "stdout": proc.stdout, "stderr": proc.stderr,
+            "dirty_kib_before_sync": before, "dirty_kib_after": dirty_kib()}  # fmt: skip
 
 
 def svdtool_result(r: dict[str, Any]) -> dict[str, Any]:
@@ -142,9 +157,14 @@ def svdtool_result(r: dict[str, Any]) -> dict[str, Any]:
     stats = doc["settings"]["extra"].get("statistics_seconds")
     if stats is not None:
         phases["statistics"] = stats
+    for k, v in doc["settings"]["extra"].items():
+        if k.startswith("statistics_") and k.endswith("_seconds") and k != "statistics_seconds":
+            phases[k.removesuffix("_seconds")] = v
     ratios = [x["extra"]["quant_ratio"] for x in doc["layers"] if "quant_ratio" in x.get("extra", {})]
+    ridge = {x["module"]: x["extra"]["ridge"] for x in doc["layers"] if "ridge" in x.get("extra", {})}
+    per_layer = {x["module"]: [x.get("seconds"), x.get("algorithm")] for x in doc["layers"]}
     return {**r, "phases": phases, "peak_allocated": peak[-1] if peak else None, "quant_ratios": ratios,
-            "stderr_tail": err[-400:]}  # fmt: skip
+            "ridge": ridge, "per_layer": per_layer, "stderr_tail": err[-400:]}  # fmt: skip
 
 
 def peft_result(r: dict[str, Any]) -> dict[str, Any]:
@@ -189,15 +209,42 @@ def product_diff(a1: Any, b1: Any, a2: Any, b2: Any) -> float:
     return float(d2.clamp(min=0).sqrt() / inner(b2, b2, a2, a2).sqrt())
 
 
-def agree_products(out: Path) -> dict[str, Any]:
+def bf16_valued(x: Any) -> bool:
+    import torch
+
+    return bool(torch.equal(x.float(), x.float().to(torch.bfloat16).float()))
+
+
+def agree_products(out: Path, ridge: dict[str, float] | None = None, damp: dict[str, float] | None = None
+                   ) -> dict[str, Any]:  # fmt: skip
+    """Per target ‖sBA − sBA_PEFT‖/‖sBA_PEFT‖; where PEFT's factors are bf16 values (its init casts the adapter
+    to a bf16 base's dtype before get_peft_model upcasts it to float32), also with svdtool's factors rounded the
+    same way, which isolates the rounding. CorDA: both tools' ridge d per target."""
+    import torch
+
     (sa, ca), (sb, cb) = adapter(out / "svdtool"), adapter(out / "peft")
-    diffs = {}
+    rows = []
     for m in modules(sb):
         a, b = sa[m + ".lora_A.weight"], sa[m + ".lora_B.weight"]
-        diffs[m] = product_diff(a, scale(ca) * b, sb[m + ".lora_A.weight"], scale(cb) * sb[m + ".lora_B.weight"])
-    vals = sorted(diffs.values())
-    return {"what": "‖sBA − sBA_PEFT‖/‖sBA_PEFT‖", "layers": len(vals), "median": vals[len(vals) // 2],
-            "max": vals[-1], "missing_in_svdtool": sorted(set(modules(sb)) - set(modules(sa)))}  # fmt: skip
+        pa, pb = sb[m + ".lora_A.weight"], sb[m + ".lora_B.weight"]
+        row: dict[str, Any] = {"module": m.removeprefix("base_model.model."),
+                               "diff": product_diff(a, scale(ca) * b, pa, scale(cb) * pb)}  # fmt: skip
+        if bf16_valued(pa) and bf16_valued(pb):
+            ra, rb = a.to(torch.bfloat16).float(), b.to(torch.bfloat16).float()
+            row["diff_svdtool_rounded_bf16"] = product_diff(ra, scale(ca) * rb, pa, scale(cb) * pb)
+        if ridge is not None and damp is not None:
+            row["ridge_svdtool"], row["ridge_peft"] = ridge.get(row["module"]), damp.get(row["module"])
+        rows.append(row)
+    vals = sorted(r["diff"] for r in rows)
+    missing = sorted(set(modules(sb)) - set(modules(sa)))
+    res = {"what": "‖sBA − sBA_PEFT‖/‖sBA_PEFT‖", "layers": len(vals), "median": vals[len(vals) // 2],
+           "max": vals[-1], "missing_in_svdtool": missing, "rows": rows}  # fmt: skip
+    rounded = sorted(r["diff_svdtool_rounded_bf16"] for r in rows if "diff_svdtool_rounded_bf16" in r)
+    if len(rounded) == len(rows):
+        res.update(peft_bf16_valued=True, median_rounded=rounded[len(rounded) // 2], max_rounded=rounded[-1])
+    if ridge is not None and damp is not None:
+        res["ridge_differs"] = [r["module"] for r in rows if r["ridge_svdtool"] != r["ridge_peft"]]
+    return res
 
 
 def agree_eva(out: Path) -> dict[str, Any]:
@@ -250,9 +297,11 @@ def agree_quant(model: Path, out: Path, peft: bool) -> dict[str, Any]:
     return res
 
 
-def compare(c: Config, model: Path, out: Path) -> dict[str, Any]:
-    if c.method in ("olora", "corda"):
+def compare(c: Config, model: Path, out: Path, res: dict[str, Any]) -> dict[str, Any]:
+    if c.method == "olora":
         return agree_products(out)
+    if c.method == "corda":
+        return agree_products(out, res["svdtool"].get("ridge"), res["peft"].get("damp"))
     if c.method == "eva":
         return agree_eva(out)
     return agree_quant(model, out, c.peft)
@@ -261,7 +310,7 @@ def compare(c: Config, model: Path, out: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- the run and the table
 def run_config(name: str, c: Config, a: argparse.Namespace) -> dict[str, Any]:
     model, calib = prepare(a.work, a.tokenizer, c, a.smoke)
-    out = a.work / f"out-{name}"
+    out = (a.out_root or a.work) / f"out-{name}"
     shutil.rmtree(out, ignore_errors=True)
     ours, theirs = commands(c, model, calib, out)
     res: dict[str, Any] = {"config": asdict(c), "estimate": estimate(c), "commands": [ours, theirs]}
@@ -269,11 +318,11 @@ def run_config(name: str, c: Config, a: argparse.Namespace) -> dict[str, Any]:
     res["svdtool"] = r if "failed" in r else svdtool_result(r)
     if c.method in ("olora", "corda"):
         drop_base(out / "svdtool")  # the adapters are compared; the disk holds the next 13.5 GB base
-    if c.peft:
+    if c.peft and not a.svdtool_only:
         r = run(theirs)
         res["peft"] = r if "failed" in r else peft_result(r)
-    if not any("failed" in res.get(k, {}) for k in ("svdtool", "peft")):
-        res["agreement"] = compare(c, model, out)
+    if not any("failed" in res.get(k, {}) for k in ("svdtool", "peft")) and (not c.peft or "peft" in res):
+        res["agreement"] = compare(c, model, out, res)
     shutil.rmtree(out, ignore_errors=True)  # keep the disk for the next config
     return res
 
@@ -346,12 +395,24 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def layer_count(spec: str | None, name: str) -> int | None:
+    if not spec:
+        return None
+    if spec.isdigit():
+        return int(spec)
+    pairs = dict(x.split("=", 1) for x in spec.split(","))
+    return int(pairs[name]) if name in pairs else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="folder for checkpoints, data and outputs")
     ap.add_argument("--tokenizer", required=True, help="a folder with a tokenizer (the packaged SmolLM2's)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
-    ap.add_argument("--layers", type=int, help="override every config's decoder layer count")
+    ap.add_argument("--layers", help="decoder layer counts: N for every config, or NAME=N,… (e.g. corda=8)")
+    ap.add_argument("--out-root", type=Path, help="where both tools write their outputs (default: --work); "
+                    "e.g. a tmpfs, to see the tools without the disk")  # fmt: skip
+    ap.add_argument("--svdtool-only", action="store_true", help="a probe: svdtool's side alone, no PEFT run")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks every config runs")
     ap.add_argument("--estimate", action="store_true", help="print PEFT's estimated time per config and stop")
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds of GPU work before the first config")
@@ -363,7 +424,7 @@ def main() -> None:
             raise SystemExit(f"unknown config {name!r}: expected one of {', '.join(CONFIGS)}")
         c = CONFIGS[name]
         c = replace(c, **{k: v for k, v in SMOKE.items() if k != "samples" or c.samples}) if a.smoke else c
-        chosen[name] = replace(c, layers=a.layers) if a.layers else c
+        chosen[name] = replace(c, layers=layer_count(a.layers, name)) if layer_count(a.layers, name) else c
     for name, c in chosen.items():
         print(f"{name}: {c.layers}/32 layers; PEFT estimate {json.dumps(estimate(c))}", flush=True)
     if a.estimate:

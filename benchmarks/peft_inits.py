@@ -57,6 +57,33 @@ def loftq_on_cpu() -> None:
     layer.loftq_init = scope["loftq_init"]  # type: ignore[attr-defined]
 
 
+def record_damp(model: Any) -> dict[str, float]:
+    """PEFT's ridge d per target, filled as ``preprocess_corda`` runs: d = 0.01·2^(k−1) after k float32 ``inv``
+    calls in ``collect_eigens_for_layer`` (it keeps d to itself). Counting adds no work to PEFT's."""
+    from peft.tuners.lora import corda
+
+    names = {id(m): n for n, m in model.named_modules()}
+    damp: dict[str, float] = {}
+    inner, inv = corda.collect_eigens_for_layer, torch.linalg.inv
+
+    def counted(linear: Any, config: Any) -> Any:
+        calls = [0]
+
+        def counting_inv(*args: Any, **kwargs: Any) -> Any:
+            calls[0] += 1
+            return inv(*args, **kwargs)
+
+        torch.linalg.inv = counting_inv
+        try:
+            return inner(linear, config)
+        finally:
+            torch.linalg.inv = inv
+            damp[names.get(id(linear), "?")] = 0.01 * 2 ** (calls[0] - 1)
+
+    corda.collect_eigens_for_layer = counted  # type: ignore[assignment]
+    return damp
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("method", choices=["olora", "corda", "eva", "loftq"])
@@ -116,6 +143,7 @@ def main() -> None:
             for s in seqs:  # PEFT's documented loop: one sample per forward
                 model(input_ids=torch.tensor([s], device=device))
 
+        info["damp"] = record_damp(model)
         preprocess_corda(model, cfg, run_model=run_model)
         lap("statistics")
         pm = get_peft_model(model, cfg)

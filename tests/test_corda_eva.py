@@ -95,9 +95,9 @@ def _check_layer(w: torch.Tensor, c: torch.Tensor, r: int, alpha: float, mode: s
 
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_wc_triplets_certify_or_fall_back(shape: tuple[int, int]) -> None:
-    """Gram eigh when certified; components far below σ₁·1e-8 (KPM of a near-singular W·C) take a direct SVD.
-    Either way the singular values equal numpy's float64 SVD."""
-    from svdtool.methods.corda import wc_triplets
+    """IPM: the certified top-r solver. KPM: Gram eigh when certified; components far below σ₁·1e-8 (KPM of a
+    near-singular W·C) take a direct SVD. Either way the singular values equal numpy's float64 SVD."""
+    from svdtool.methods.corda import CERTIFY_TOL, wc_triplets
     from tests.helpers import matrix_with_spectrum
 
     k = min(shape)
@@ -105,7 +105,7 @@ def test_wc_triplets_certify_or_fall_back(shape: tuple[int, int]) -> None:
                                  (np.geomspace(1, 1e-14, k), "svd64(W·C)")):  # fmt: skip
         wc = torch.from_numpy(matrix_with_spectrum(shape, sigma, seed=k))
         ipm, kpm = wc_triplets(wc, 3, "ipm"), wc_triplets(wc, 3, "kpm")
-        assert ipm.algorithm == "gram-eigh64(W·C)" and kpm.algorithm == kpm_algorithm
+        assert ipm.residual <= CERTIFY_TOL and kpm.algorithm == kpm_algorithm
         assert_close(ipm.s, sigma[:3], "sigma")
         assert_close(kpm.s, sigma[-3:], "svd_rel" if kpm_algorithm.startswith("svd64") else "sigma")
 
@@ -160,6 +160,19 @@ def test_corda_covariance_tf32_is_exact_for_16_bit_inputs() -> None:
         ref = _corda_float64(xs)
         assert_close((got - ref).norm() / ref.norm(), 0.0, "factor_rel")
         assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+@pytest.mark.parametrize("bad", ["zero", "nan", "neg_inf"])
+def test_corda_covariance_refuses_a_zero_or_non_finite_input(bad: str) -> None:
+    """|max X| = 0 or NaN/inf stops at once; −inf below a finite maximum overflows the sum and stops at the end."""
+    from svdtool.errors import SvdtoolError
+
+    xs = _samples(torch.float32, 5)
+    xs[1] = torch.zeros_like(xs[1]) if bad == "zero" else xs[1].clone()
+    if bad != "zero":
+        xs[1][3, 7] = float("nan") if bad == "nan" else float("-inf")
+    with pytest.raises(SvdtoolError, match=r"^CorDA: a calibration sample gives a (zero or )?non-finite layer input"):
+        _corda_accumulated(xs, "cpu")
 
 
 # ---------------------------------------------------------------- PEFT's preprocess_corda on a real forward
@@ -392,3 +405,20 @@ def test_smollm2_init_and_verify(smollm2_dir: Path, tmp_path: Path, capsys: pyte
     assert code == 0, err
     code, stdout, err = _cli(["verify", str(out)], capsys)
     assert code == 0 and "verify passed" in stdout, stdout + err
+
+
+def test_ipm_takes_the_subspace_solver_and_equals_a_full_svd() -> None:
+    """Above the CPU's direct-SVD size IPM runs Chebyshev subspace iteration, not a k³ eigh; the top-r
+    triplets (as s·B·A) equal numpy's float64 SVD."""
+    from svdtool.linalg import factorize
+    from svdtool.methods.corda import CERTIFY_TOL, wc_triplets
+    from tests.helpers import matrix_with_spectrum
+
+    shape, r = (420, 300), 5
+    sigma = np.geomspace(50, 0.01, 300)
+    wc = torch.from_numpy(matrix_with_spectrum(shape, sigma, seed=3))
+    t = wc_triplets(wc, r, "ipm")
+    assert t.algorithm == "gram-cheb" and t.residual <= CERTIFY_TOL
+    u, s, vh = np.linalg.svd(wc.numpy(), full_matrices=False)
+    ref = factorize.Triplets(*(torch.from_numpy(x) for x in (u[:, :r], s[:r], vh[:r])), "numpy", 0.0)
+    assert_close(factorize.product_distance(t, ref), 0.0, "factor_rel")

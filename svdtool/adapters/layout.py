@@ -128,7 +128,7 @@ def _from_transformers(config: dict[str, Any], infos: list[TensorInfo]) -> Model
     return ModelLayout(name, task_type_for(name), weights, [n for n in modules if n], output_module, tied)
 
 
-def _from_names(config: dict[str, Any] | None, infos: list[TensorInfo], why: str) -> ModelLayout:
+def names_layout(config: dict[str, Any] | None, infos: list[TensorInfo], why: str) -> ModelLayout:
     model_type = (config or {}).get("model_type")
     weights: dict[str, WeightModule] = {}
     paths: set[str] = set()
@@ -154,11 +154,11 @@ def _from_names(config: dict[str, Any] | None, infos: list[TensorInfo], why: str
 def resolve_layout(config: dict[str, Any] | None, infos: list[TensorInfo]) -> ModelLayout:
     """The layout from the model class when transformers can build it, else from the tensor names."""
     if not config or "model_type" not in config:
-        return _from_names(config, infos, "no model_type in config.json: module kinds guessed from tensor names")
+        return names_layout(config, infos, "no model_type in config.json: module kinds guessed from tensor names")
     try:
         return _from_transformers(config, infos)
     except Exception as exc:  # unknown architecture, remote code, a config transformers rejects
-        return _from_names(
+        return names_layout(
             config,
             infos,
             f"transformers could not build the model ({type(exc).__name__}): module kinds guessed from tensor names",

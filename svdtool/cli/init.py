@@ -62,6 +62,7 @@ from svdtool.cli.options import (
 if TYPE_CHECKING:
     from svdtool.results.init import InitResult
 
+
 @app.command()
 def init(
     model: ModelArg,
@@ -142,6 +143,10 @@ def init(
     (FSDP2), each on the rank that writes it. Methods that keep the base (lora-one, mica, orthogonal) or
     collect activation statistics (corda, eva) run in one process (docs/distributed.md).
     """
+    if method not in GRADIENT_METHODS + STATISTICS_METHODS:  # they need transformers here anyway
+        from svdtool.adapters.layout_process import prefetch
+
+        prefetch(model)  # the model class's layout, built beside this process's own start-up
     from svdtool import naming
     from svdtool.commands.init import run_init
     from svdtool.commands.init_request import InitRequest

@@ -19,38 +19,35 @@ adapter is written, with ``base_model_name_or_path`` pointing at the original mo
 from __future__ import annotations
 
 import time
-from collections import Counter
+from contextlib import ExitStack
 from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from svdtool import naming
 from svdtool.adapters import layout as lay
+from svdtool.adapters import layout_process
 from svdtool.adapters.folder import aux_source, write_folder
+from svdtool.adapters.layout_process import guess
 from svdtool.adapters.output import check_target, copy_aux_files, ensure_space
 from svdtool.adapters.peft_format import adapter_dirname
-from svdtool.adapters.safetensors_out import (
-    INDEX_NAME,
-)
-from svdtool.commands.common import Progress, SilentProgress, describe_device, manifest, utc_now
+from svdtool.commands.common import Progress, SilentProgress, utc_now
 from svdtool.commands.init_alloc import GainContext, allocate, rank_cap
 from svdtool.commands.init_distributed import finish, shard_jobs, target_owners
 from svdtool.commands.init_gradients import lora_ga_gradients, method_extra
 from svdtool.commands.init_layers import (
-    Target,
     select_targets,
 )
 from svdtool.commands.init_request import InitRequest, validate
+from svdtool.commands.init_result import build_result
 from svdtool.commands.init_stream import estimate_and_stream, planned_bytes, plans, stream
 from svdtool.commands.snr_targets import snr_percent, snr_targets
 from svdtool.engine.staging import shared_staging
 from svdtool.engine.work import Share, request_fields
 from svdtool.engine.world import World, current
 from svdtool.errors import SvdtoolError
-from svdtool.loading import Checkpoint, open_checkpoint, parse_model_spec
+from svdtool.loading import Checkpoint, open_checkpoint
 from svdtool.loading.checks import check_config_shapes
-from svdtool.methods import InitOptions, MethodSpec
-from svdtool.results.init import RECONSTRUCTION_TOL, InitResult, InitSettings, LayerInit
+from svdtool.methods import InitOptions
+from svdtool.results.init import InitResult
 
 if TYPE_CHECKING:
     import torch
@@ -72,15 +69,34 @@ def _open(req: InitRequest) -> Checkpoint:
     return ckpt
 
 
+class _Relayout(Exception):
+    """The model class's layout selects other targets than the tensor names' guess the work started from."""
+
+    def __init__(self, layout: lay.ModelLayout) -> None:
+        super().__init__("layout differs")
+        self.layout = layout
+
+
 def run_init(req: InitRequest, progress: Progress | None = None, world: World | None = None) -> InitResult:
     """Write the init folder ``req.out`` and return what ``svdtool.json`` holds.
 
     Under ``torchrun`` each rank computes and writes whole residual shard files (its share of the plan,
     :mod:`svdtool.commands.init_distributed`); rank 0 writes the adapter, index, ``svdtool.json`` and card,
     and publishes the folder once every rank has succeeded. Every rank returns the same result.
+
+    Methods without statistics or gradients start from the tensor names' layout while a child process builds
+    the model class's (:mod:`svdtool.adapters.layout_process`); if the two select different targets, the
+    staging folder is dropped and the run starts over with the model class's layout.
     """
     progress = progress or SilentProgress()
     world = world or current()
+    try:
+        return _run_init(req, progress, world, None)
+    except _Relayout as again:
+        return _run_init(req, progress, world, again.layout)
+
+
+def _run_init(req: InitRequest, progress: Progress, world: World, known: lay.ModelLayout | None) -> InitResult:
     with world.phase():
         spec = validate(req)
         collects = spec.statistic and req.statistics is None
@@ -99,15 +115,35 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
     started = utc_now()
     t_start = time.perf_counter()
     ckpt = world.first_locally(lambda: _open(req))
-    with ckpt:
+    with ckpt, ExitStack() as stack:
         with world.phase():
             infos = ckpt.tensors()
-            layout = lay.resolve_layout(ckpt.meta.config, infos)
+            t_layout = time.perf_counter()
+            # The model class's layout imports transformers (seconds on a cold start): built beside the work
+            # where the method needs nothing else from transformers, else here.
+            background = None
+            if known is None and not (spec.statistic or spec.needs_gradient or world.distributed):
+                background = layout_process.background(req.model, ckpt.meta.config, infos)
+                stack.callback(background.close)
+            else:
+                layout_process.discard(req.model)  # a child the CLI started that this run does not use
+            child = background is not None and background.started
+            layout = guess(ckpt.meta.config, infos) if child else None
+            layout = layout or known or lay.resolve_layout(ckpt.meta.config, infos)
+            layout_seconds = time.perf_counter() - t_layout
             percent = snr_percent(req.targets)
             tokens = req.targets if percent is None else snr_targets(ckpt, infos, percent, device, progress)
-            targets = select_targets(layout, infos, tokens, req.rank)
-        for note in layout.notes:
-            progress.message(note)
+            try:
+                targets = select_targets(layout, infos, tokens, req.rank)
+            except SvdtoolError:
+                if background is None or not background.started:
+                    raise
+                layout, background = background.result(), None  # the error, if any, is the real layout's
+                targets = select_targets(layout, infos, tokens, req.rank)
+            selected = targets
+        if background is None:
+            for note in layout.notes:
+                progress.message(note)
         # Before minutes of gradient work: room for the output on the target file system.
         ensure_space(req.out, planned_bytes([] if spec.keeps_base else infos, targets))
         alpha = float(req.alpha if req.alpha is not None else req.rank)
@@ -168,9 +204,19 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
                 timings["prepare"] = prepare
             else:
                 layers, timings, files = stream(ckpt, infos, targets, spec, opts, req, device, tmp, progress)
-            result = _result(req, spec, opts, ckpt, layout, targets, layers, files, device, started, world)
+            if background is not None:  # the work ran on the names' guess: check it against the model class
+                layout = background.result()
+                layout_seconds += background.waited
+                if select_targets(layout, infos, tokens, req.rank) != selected:
+                    raise _Relayout(layout)
+                for note in layout.notes:
+                    progress.message(note)
+            result = build_result(req, spec, opts, ckpt, layout, targets, layers, files, device, started, world)
             result.allocation = allocation
             result.manifest.timings.update(timings)
+            # "layout": seconds the run waited for the model class's layout; "layout_child": 1 when a child built it
+            result.manifest.timings["layout"] = round(layout_seconds, 4)
+            result.manifest.timings["layout_child"] = int(child)
             with world.phase():
                 if world.main:
                     if not spec.keeps_base:
@@ -178,117 +224,3 @@ def run_init(req: InitRequest, progress: Progress | None = None, world: World | 
                     result.manifest.timings["total"] = round(time.perf_counter() - t_start, 4)
                     write_folder(result, tmp, req.out.name)
     return result
-
-
-def _result(
-    req: InitRequest,
-    spec: MethodSpec,
-    opts: InitOptions,
-    ckpt: Checkpoint,
-    layout: lay.ModelLayout,
-    targets: list[Target],
-    layers: list[LayerInit],
-    files: list[str],
-    device: torch.device,
-    started: str,
-    world: World,
-) -> InitResult:
-    chosen = [t.module for t in targets]
-    alloc = req.rank_alloc != "uniform"
-    dtypes = Counter(t.info.dtype for t in targets)
-    residual_dtype = dtypes.most_common(1)[0][0]
-    tol = max(RECONSTRUCTION_TOL.get(d, 1e-2) for d in dtypes)
-    notes = list(layout.notes)
-    if len(dtypes) > 1:
-        notes.append(f"targets have several dtypes: {dict(dtypes)}")
-    settings = InitSettings(
-        method=spec.name,
-        rank=opts.rank,
-        alpha=opts.alpha,
-        use_rslora=opts.use_rslora,
-        scaling=opts.scaling,
-        targets=list(req.targets),
-        target_modules=naming.peft_target_modules(chosen, layout.all_modules),
-        svd=req.svd,
-        oversample=opts.extra.get("oversample") if req.svd == "randomized" else None,
-        niter=opts.extra.get("niter") if req.svd == "randomized" else None,
-        seed=req.seed,
-        device=req.device,
-        extra={k: v for k, v in req.extra.items() if isinstance(v, (int, float, str, bool)) or v is None},
-        rank_alloc=req.rank_alloc,
-        rank_pattern={x.module: int(x.rank or opts.rank) for x in layers} if alloc else {},
-        alpha_pattern={x.module: float(x.alpha or opts.alpha) for x in layers} if alloc else {},
-    )
-    if req.svd == "randomized":
-        from svdtool.methods.pissa import NITER, OVERSAMPLE
-
-        if spec.name == "lora-ga":  # the reference's svd_lowrank(q = 4r, niter = 4)
-            from svdtool.methods.lora_ga import NITER
-
-            OVERSAMPLE = 2 * opts.rank  # noqa: N806
-        settings.oversample = settings.oversample if settings.oversample is not None else OVERSAMPLE
-        settings.niter = settings.niter if settings.niter is not None else NITER
-    quantization = None
-    if spec.quantizes:
-        quantization = _quantization(opts, residual_dtype, layers)
-        tol = max(float(x.extra["nf4_error"]) for x in layers)
-        notes.append(
-            "the residual is quantised to NF4 when loaded: the error is ‖W − (Q(W_res) + s·B·A)‖/‖W‖, and the "
-            "tolerance the largest plain-NF4 error ‖W − Q(W)‖/‖W‖"
-        )
-    return InitResult(
-        manifest=manifest(
-            "init",
-            req.command,
-            ckpt.meta,
-            device=world.label(describe_device(device)),
-            dtypes=dict(dtypes),
-            methods=dict(Counter(x.algorithm for x in layers)),
-            started=started,
-            timings={},
-            extra_versions=("transformers", "peft"),
-        ),
-        settings=settings,
-        method_summary=spec.summary,
-        paper=spec.paper,
-        frozen=list(spec.frozen),
-        adapter_dir=adapter_dirname(spec.name),
-        base_model_name_or_path=_original_ref(req, ckpt) if spec.keeps_base else str(req.out.expanduser().resolve()),
-        model_class=layout.model_class,
-        task_type=layout.task_type,
-        residual_dtype=residual_dtype,
-        residual_files=[*files, INDEX_NAME] if files else [],
-        copied_files=[],
-        layers=layers,
-        reconstruction_tol=tol,
-        max_reconstruction_error=max((x.reconstruction_error for x in layers), default=0.0),
-        notes=notes,
-        base="original" if spec.keeps_base else "residual",
-        changes_output=spec.changes_output,
-        init_lora_weights=spec.init_lora_weights,
-        quantization=quantization,
-    )
-
-
-def _quantization(opts: InitOptions, dtype: str, layers: list[LayerInit]) -> dict[str, Any]:
-    from svdtool.methods.quantized import settings
-    from svdtool.quant.load_config import quantization_record
-
-    q = settings(opts.extra)
-    return quantization_record(
-        quant=q.quant,
-        double_quant=q.config.double_quant,
-        iters=q.iters,
-        backend=q.config.backend,
-        dtype=dtype,
-        ratios=[float(x.extra["quant_ratio"]) for x in layers],
-    )
-
-
-def _original_ref(req: InitRequest, ckpt: Checkpoint) -> str:
-    """What a trainer passes to ``from_pretrained`` for the original: its absolute folder, or its repo id."""
-    if ckpt.meta.kind in ("folder", "file"):
-        path = Path(req.model).expanduser().resolve()
-        return str(path if path.is_dir() else path.parent)
-    parsed = parse_model_spec(req.model, req.revision)
-    return parsed[0] if parsed else req.model

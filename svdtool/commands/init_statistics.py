@@ -1,8 +1,8 @@
 """The activation statistics ``svdtool init --method corda|eva`` needs, collected before the checkpoint is
 streamed and handed to :func:`svdtool.commands.init.run_init` as ``InitRequest.statistics``.
 
-* CorDA: each distinct input's covariance C (in, in), float64 on the host, shared by the targets that
-  receive that input.
+* CorDA: each distinct input's covariance C (in, in), float64, shared by the targets that receive that
+  input; on the GPU while the kept ones fill at most half of it (:func:`keep_covariance`), else on the host.
 * EVA: each distinct input's top round(r·ρ) principal components (float64 ``eigh`` on the device),
   then PEFT's global rank redistribution, so every target's value carries its rank k_l;
   :func:`eva_targets` gives each target that rank (rank 0: dropped), which ``run_init`` writes as PEFT's
@@ -46,10 +46,9 @@ def activation_statistics(
         def reduce(names: list[str], cov: Any, count: int) -> Any:
             return eva.principal_components(cov, eva.max_components(rank, rho, cov.shape[0]), count)
     else:
+        reduce = keep_covariance
 
-        def reduce(names: list[str], cov: Any, count: int) -> Any:
-            return cov.cpu()
-
+    _KEPT.clear()
     stats = collect_statistics(req, reduce, progress)
     prov = provenance(stats)
     if statistic == "centred":
@@ -61,6 +60,32 @@ def activation_statistics(
         prov["eva_dropped"] = sum(1 for k in ranks.values() if k == 0)
         return values, prov
     return stats.values, prov
+
+
+#: CorDA's covariances stay on the GPU while all kept ones fill at most this share of its memory …
+KEEP_SHARE = 0.5
+#: … and this share stays free; the rest wait on the host (a round trip of in²·8 bytes each way per input).
+FREE_SHARE = 0.25
+
+
+def keep_covariance(names: list[str], cov: torch.Tensor, count: int) -> torch.Tensor:
+    """CorDA's C (in, in) float64 where the init stream will want it: on the GPU while it fits (the stream
+    prepares C_d there), else on the host."""
+    import torch
+
+    if cov.device.type != "cuda":
+        return cov
+    free, total = torch.cuda.mem_get_info(cov.device)
+    kept = _KEPT.get(cov.device.index or 0, 0)
+    size = cov.numel() * cov.element_size()
+    if kept + size <= KEEP_SHARE * total and free >= FREE_SHARE * total:
+        _KEPT[cov.device.index or 0] = kept + size
+        return cov
+    return cov.cpu()
+
+
+#: bytes of covariance kept per CUDA device in this process (reset by :func:`activation_statistics`).
+_KEPT: dict[int, int] = {}
 
 
 class SharedInputs:
@@ -141,4 +166,6 @@ def provenance(stats: ActivationStats) -> dict[str, Any]:
         "statistics_passes": stats.passes,
         "statistics_seconds": stats.seconds,
         "statistics_device": stats.device,
+        # where those seconds went: model and tokenizer opened, data tokenized, weights loaded, passes, reductions
+        **{f"statistics_{k}_seconds": v for k, v in stats.phases.items()},
     }

@@ -7,7 +7,8 @@ C = mean over samples of X̃ᵀX̃. Then, as ``peft/tuners/lora/corda.py::collec
 
     ridge:  C_d = C + d·mean(diag C)·I, d = 0.01, doubled until ‖C_d·C_d⁻¹ − I‖_F < 0.05
             (the test runs in float32 on C's device, as PEFT runs it, so the same d is chosen)
-    SVD:    W·C_d = U S Vhᵀ (float64: Gram eigh, certified, else a direct SVD),  V = (Vh·C_d⁻¹)ᵀ  (in, k)
+    SVD:    W·C_d = U S Vhᵀ (float64, certified: IPM subspace iteration, KPM Gram eigh; else a direct SVD),
+            V = (Vh·C_d⁻¹)ᵀ  (in, k)
             (C_d⁻¹·Vhᵀ from the LU factorisation of C_d: a solve, never an inverse)
     IPM:    keep the first r components (instruction-previewed: the largest)
     KPM:    keep the last r components (knowledge-preserved: the smallest; float64 needed)
@@ -166,27 +167,29 @@ def corda_triplets(
 
 
 def wc_triplets(wc: torch.Tensor, r: int, mode: str) -> factorize.Triplets:
-    """The first (IPM) or last (KPM) r singular triplets of W·C_d, float64.
+    """The first (IPM) or last (KPM) r singular triplets of W·C_d, float64, certified to ``CERTIFY_TOL``·σ₁.
 
-    ``eigh`` of the Gram matrix on the smaller side, then Rayleigh–Ritz on W·C_d and certification
-    (:func:`svdtool.linalg.factorize.certify`, relative to σ₁ of W·C_d); a direct float64 SVD when that fails
-    (components far below σ₁·1e-8, where the squared Gram loses them). A full SVD costs ~10× more.
+    IPM: :func:`svdtool.linalg.factorize.top_svd` (Chebyshev-filtered subspace iteration on the float64 Gram,
+    a few (k, k)·(k, 2r + 32) products instead of a full k³ ``eigh``; its own direct-SVD fallback).
+    KPM: ``eigh`` of the Gram matrix on the smaller side, Rayleigh–Ritz on W·C_d and certification
+    (:func:`svdtool.linalg.factorize.certify`); a direct float64 SVD when that fails (components far below
+    σ₁·1e-8, where the squared Gram loses them). A full SVD costs ~10× more.
     """
     import torch
 
+    if mode == "ipm":
+        return factorize.top_svd(wc, r, tol=CERTIFY_TOL)
     tall = wc.shape[0] >= wc.shape[1]
     gram = wc.T @ wc if tall else wc @ wc.T  # (k, k), k = min(out, in)
     lam, q = torch.linalg.eigh((gram + gram.T) / 2)  # ascending
     k = lam.shape[0]
-    side = q[:, k - r :].flip(1) if mode == "ipm" else q[:, :r].flip(1)  # descending σ among themselves
-    t = factorize.finish(wc, side, "gram-eigh64(W·C)")
+    t = factorize.finish(wc, q[:, :r].flip(1), "gram-eigh64(W·C)")  # descending σ among themselves
     sigma1 = float(lam[-1].clamp_min(0).sqrt().item())
     t.residual = factorize.certify(wc, t.u, t.s, t.vh, sigma1)
     if t.residual <= CERTIFY_TOL:
         return t
     u, s, vh = factorize.svd64(wc)
-    sl = slice(0, r) if mode == "ipm" else slice(k - r, k)
-    u_r, s_r, vh_r = u[:, sl].contiguous(), s[sl].contiguous(), vh[sl].contiguous()
+    u_r, s_r, vh_r = u[:, k - r :].contiguous(), s[k - r :].contiguous(), vh[k - r :].contiguous()
     return factorize.Triplets(u_r, s_r, vh_r, "svd64(W·C)", factorize.certify(wc, u_r, s_r, vh_r, float(s[0])))
 
 

@@ -55,6 +55,7 @@ class ActivationStats:
     passes: int
     seconds: float
     device: str
+    phases: dict[str, float] = field(default_factory=dict)  # open, tokenize, load, pass, reduce (seconds)
 
 
 class _Stop(Exception):
@@ -147,8 +148,11 @@ def collect_statistics(
             f"--max-length {req.calib.max_length} is longer than the model's maximum sequence length "
             f"{src.max_positions}: lower --max-length"
         )
+    phases = {"open": time.perf_counter() - t0}
     calib = prepare_calibration(req.calib, src.tokenizer)  # data errors surface before the weights load
+    phases["tokenize"] = time.perf_counter() - t0 - sum(phases.values())
     model = load_weights(src, device)
+    phases["load"] = time.perf_counter() - t0 - sum(phases.values())
     infos = _checkpoint_infos(src.folder)
     targets = find_targets(model, req.targets, {i.name for i in infos} if infos else None)
     modules = {t.name: t.module for t in targets}
@@ -176,22 +180,29 @@ def collect_statistics(
     counts: dict[str, int] = {}
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # the float32 products must be float32
+    phases.update({"pass": 0.0, "reduce": 0.0})
     try:
         for p, names in enumerate(_ranges(reps, block, k)):
             progress.start(f"{req.statistic} statistics, pass {p + 1}/{k}", len(batches))
+            t_pass = time.perf_counter()
             try:
                 accs = _run_pass(
                     req.statistic, {n: modules[n] for n in names}, width, batches, forward, device, progress
                 )
             finally:
                 progress.finish()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the pass's queued products belong to the pass, not the reduce
+            t_reduce = time.perf_counter()
+            phases["pass"] += t_reduce - t_pass
             for n, acc in accs.items():
                 value = reduce(group_of[n], acc.result(), acc.count)
                 for member in group_of[n]:
                     values[member] = value
                     counts[member] = acc.count
+            phases["reduce"] += time.perf_counter() - t_reduce
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
-    return ActivationStats(
-        values, groups, calib.info, counts, k, round(time.perf_counter() - t0, 4), describe_device(device)
-    )
+    seconds = round(time.perf_counter() - t0, 4)
+    rounded = {name: round(v, 4) for name, v in phases.items()}
+    return ActivationStats(values, groups, calib.info, counts, k, seconds, describe_device(device), rounded)

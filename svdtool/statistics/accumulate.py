@@ -5,8 +5,8 @@ Two statistics, both (in, in) and accumulated in float64 from float32 products (
 * ``corda``: PEFT's ``preprocess_corda`` hook. Per sample (one forward pass each), X (T, in) in float32
   and its |max X| (the *signed* maximum's absolute value, as PEFT); X̃ᵀX̃ = XᵀX/|max X|² (scaled in float64)
   is added; C = Σ X̃ᵀX̃ / samples. No token is masked (PEFT masks none). PEFT divides X before the product;
-  the two differ by float32 rounding. The product of a bf16/fp16 X runs on TF32 tensor cores, exactly
-  (:func:`exact_tf32`).
+  the two differ by float32 rounding. The product of a bf16/fp16 X runs on the tensor cores, exactly
+  (:func:`gram32`).
 * ``centred``: EVA's data. Only the tokens with attention mask 1 and label ≠ −100; with a fixed shift
   m (the first batch's mean, to avoid cancellation) it keeps n, Σ(x − m) and Σ(x − m)(x − m)ᵀ, and
   C = (Σ(x−m)(x−m)ᵀ − n·μ'μ'ᵀ)/(n − 1), μ' = mean − m: the exact centred covariance (PEFT's PCA divides by n − 1).
@@ -14,6 +14,7 @@ Two statistics, both (in, in) and accumulated in float64 from float32 products (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,18 @@ def exact_tf32(x: torch.Tensor) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = prev
 
 
+def gram32(x: torch.Tensor) -> torch.Tensor:
+    """XᵀX (in, in) in float32 for X (T, in): float32 accumulation; for a bf16/fp16 X on CUDA on TF32 tensor
+    cores, exactly (:func:`exact_tf32`).
+
+    (``torch.mm(..., out_dtype=torch.float32)`` on the bf16 X itself would skip the float32 copy, but on an H200
+    with torch 2.11 it missed float32 accuracy in our test: not used.)
+    """
+    with exact_tf32(x):
+        xf = x.float()
+        return xf.T @ xf
+
+
 class CordaCovariance:
     """Σ over samples of X̃ᵀX̃, X̃ = X/|max X| per sample (float32 product, float64 sum)."""
 
@@ -59,19 +72,23 @@ class CordaCovariance:
 
         for i in range(x.shape[0]):  # one sample at a time, as PEFT's batch-size-1 hook
             xi = x[i] if mask is None else x[i][mask[i]]
-            peak = torch.max(xi).abs().double()  # PEFT's |max X|, the signed maximum's absolute value
-            with exact_tf32(xi):
-                xf = xi.float()
-                gram = xf.T @ xf  # (in, in); X̃ᵀX̃ = XᵀX / |max X|², scaled in float64 below
-            if not bool((torch.isfinite(gram).all() & (peak > 0)).item()):
+            peak = abs(float(torch.max(xi)))  # PEFT's |max X|, the signed maximum's absolute value
+            if not (math.isfinite(peak) and peak > 0):
                 raise SvdtoolError(
                     "CorDA: a calibration sample gives a zero or non-finite layer input (|max X| = 0): "
                     "check the --calib samples"
                 )
-            self.sum += gram.double() / (peak * peak)
+            # X̃ᵀX̃ = XᵀX / |max X|²: the float32 product scaled and added in float64, in one pass over the sum
+            self.sum.add_(gram32(xi), alpha=1.0 / (peak * peak))
             self.samples += 1
 
     def result(self) -> torch.Tensor:
+        import torch
+
+        if not bool(torch.isfinite(self.sum).all()):  # an input with inf/NaN below its maximum, or an overflow
+            raise SvdtoolError(
+                "CorDA: a calibration sample gives a non-finite layer input covariance: check the --calib samples"
+            )
         return self.sum / max(self.samples, 1)
 
     @property
