@@ -53,6 +53,15 @@ EMBEDDING_TYPES = frozenset({"embed", "embed_positions", "embed_token_types", "l
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blk|block|blocks)\.(\d+)\.(.+)$")
 _SUFFIX_RE = re.compile(r"\.(weight|bias)$")
 
+#: Decoder families whose ``*ForCausalLM`` checkpoints name each weight by its module path (``model.…`` and
+#: ``lm_head``) and hold no 2-D weights but these, every one an ``nn.Linear`` except the embedding: their module
+#: layout follows from the names (``adapters.layout.plain_decoder_layout``; each family is checked against its
+#: transformers model class in tests/test_layout_plain.py).
+PLAIN_DECODERS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"})
+PLAIN_DECODER_LEAVES = frozenset(
+    {"embed_tokens", "lm_head", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+)
+
 # Leaf module names of GPT-2-style Conv1D layers, whose weight is stored as (in, out).
 _CONV1D_MODEL_TYPES = frozenset({"gpt2", "gpt_bigcode", "openai-gpt"})
 _CONV1D_LEAVES = frozenset({"c_attn", "c_proj", "c_fc", "q_attn"})

@@ -59,15 +59,17 @@ def _assert_same(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("method", ["pissa", "olora"])
 def test_child_layout_gives_the_same_folder(
-    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+    tiny_checkpoints: dict[tuple[str, bool], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
+    """GPT-2 (not a plain decoder: its layout needs the model class) with transformers' own tensor names."""
+    src = tiny_checkpoints[("gpt2", False)]
     started = _spy_children(monkeypatch)
-    res = _run(tiny_llama, tmp_path / "child", "1", monkeypatch, method)
+    res = _run(src, tmp_path / "child", "1", monkeypatch, method)
     assert len(started) == 1 and started[0][1:3] == ["-m", "svdtool.adapters.layout_process"]
-    _run(tiny_llama, tmp_path / "here", "0", monkeypatch, method)
+    _run(src, tmp_path / "here", "0", monkeypatch, method)
     assert len(started) == 1  # 0: never
     _assert_same(tmp_path / "child", tmp_path / "here")
-    assert res.model_class == "LlamaForCausalLM" and res.manifest.timings["layout"] >= 0
+    assert res.model_class == "GPT2LMHeadModel" and res.manifest.timings["layout_child"] == 1
 
 
 def _hub_style_gpt2(src: Path, dst: Path) -> Path:
@@ -110,21 +112,19 @@ def test_a_wrong_guess_starts_over_with_the_model_class_layout(
 
 
 def test_a_failing_child_costs_only_the_in_process_build(
-    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoints: dict[tuple[str, bool], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    src = tiny_checkpoints[("gpt2", False)]
     monkeypatch.setattr(layout_process.sys, "executable", str(tmp_path / "no-such-python"))
-    _run(tiny_llama, tmp_path / "a", "1", monkeypatch)
+    _run(src, tmp_path / "a", "1", monkeypatch)
     monkeypatch.undo()
-    _run(tiny_llama, tmp_path / "b", "0", monkeypatch)
+    _run(src, tmp_path / "b", "0", monkeypatch)
     _assert_same(tmp_path / "a", tmp_path / "b")
 
 
 def test_auto_starts_a_child_only_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
-    from svdtool.loading import TensorInfo
-
-    big = [TensorInfo("model.layers.0.mlp.up_proj.weight", (11008, 4096), "bf16", "a", layout_process.MIN_BYTES)]
-    small = [TensorInfo("model.layers.0.mlp.up_proj.weight", (8, 4), "bf16", "a", 64)]
-    cfg = {"model_type": "llama"}
+    big, small = layout_process.MIN_BYTES, 64
+    cfg = {"model_type": "bert", "architectures": ["BertModel"]}
     monkeypatch.setenv("SVDTOOL_LAYOUT_PROCESS", "auto")
     monkeypatch.setattr(layout_process.os, "cpu_count", lambda: 16)
     import transformers.modeling_utils  # noqa: F401  (imported: building in-process is cheap)
@@ -133,6 +133,8 @@ def test_auto_starts_a_child_only_where_it_pays(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delitem(layout_process.sys.modules, "transformers.modeling_utils")
     assert layout_process.child_wanted(cfg, big) and not layout_process.child_wanted(cfg, small)
     assert not layout_process.child_wanted({}, big)
+    plain = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}  # the names give its layout
+    assert not layout_process.child_wanted(plain, big)
     monkeypatch.setattr(layout_process.os, "cpu_count", lambda: 2)
     assert not layout_process.child_wanted(cfg, big)
     monkeypatch.setenv("SVDTOOL_LAYOUT_PROCESS", "1")
@@ -142,19 +144,23 @@ def test_auto_starts_a_child_only_where_it_pays(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_the_cli_prefetches_the_layout_and_run_init_adopts_it(
-    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny_checkpoints: dict[tuple[str, bool], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``svdtool init`` starts the child for a local folder before importing torch; the run uses that child."""
     from tests.helpers import run_cli
 
     started = _spy_children(monkeypatch)
     monkeypatch.setenv("SVDTOOL_LAYOUT_PROCESS", "1")
-    args = ["init", tiny_llama, "--method", "olora", "-r", "4", "--alpha", "8", "--out", tmp_path / "cli"]
+    src = tiny_checkpoints[("gpt2", False)]
+    args = ["init", src, "--method", "olora", "-r", "4", "--alpha", "8", "--out", tmp_path / "cli"]
     code, out, _ = run_cli([*args, "--device", "cpu", "--format", "json"], capsys)
     assert code == 0 and json.loads(out)["manifest"]["timings"]["layout_child"] == 1
     assert len(started) == 1 and started[0][-2] == "--folder"
     assert not layout_process._PREFETCHED
-    _run(tiny_llama, tmp_path / "here", "0", monkeypatch, "olora")
+    _run(src, tmp_path / "here", "0", monkeypatch, "olora")
     _assert_same(tmp_path / "cli", tmp_path / "here")
 
 
@@ -164,3 +170,10 @@ def test_a_prefetched_child_that_is_not_used_is_stopped(tiny_llama: Path, monkey
     (bg,) = layout_process._PREFETCHED.values()
     layout_process.discard(str(tiny_llama))
     assert not layout_process._PREFETCHED and bg.proc is not None and bg.proc.poll() is not None
+
+
+def test_a_plain_decoder_starts_no_child(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its names give the layout: no child even when forced, and the folder equals the in-process build's."""
+    started = _spy_children(monkeypatch)
+    res = _run(tiny_llama, tmp_path / "plain", "1", monkeypatch)
+    assert not started and res.manifest.timings["layout_child"] == 0 and res.model_class == "LlamaForCausalLM"

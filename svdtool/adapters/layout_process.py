@@ -1,11 +1,13 @@
 """The model-class layout (:func:`svdtool.adapters.layout.resolve_layout`) built in a child process, beside the work.
 
 Building it imports transformers: 7–9 s of a warm H200 host's 25 s CorDA run, 2–3 s on a laptop, more than
-the whole init of a small model. ``svdtool init`` methods that need nothing else from transformers (no
-statistics, no gradients) start from the layout the tensor names give (:func:`guess`) while a child process
-imports transformers and builds the real one; :meth:`BackgroundLayout.result` waits for it. The caller compares
-the targets both select and starts over with the real layout when they differ (e.g. GPT-2 folders whose tensor
-names lack the ``transformer.`` prefix), so the output never depends on the guess.
+the whole init of a small model. Plain decoders (Llama, Mistral, Qwen2/3, Gemma 1/2) need none of this: their
+names give the layout (:func:`svdtool.adapters.layout.plain_decoder_layout`). For other models, ``svdtool init``
+methods that need nothing else from transformers (no statistics, no gradients) start from the layout the tensor
+names give (:func:`guess`) while a child process imports transformers and builds the real one;
+:meth:`BackgroundLayout.result` waits for it. The caller compares the targets both select and starts over with
+the real layout when they differ (e.g. GPT-2 folders whose tensor names lack the ``transformer.`` prefix), so
+the output never depends on the guess.
 
 A child costs its own ``import torch`` (1–4 s) and a core, so ``SVDTOOL_LAYOUT_PROCESS=auto`` (the default) starts
 one only where that is repaid: transformers not yet imported (else building in-process takes a fraction of a
@@ -29,10 +31,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from svdtool import naming
 from svdtool.adapters import layout as lay
 from svdtool.loading import TensorInfo
 
@@ -44,15 +48,19 @@ MIN_BYTES = 4 << 30
 MIN_CPUS = 4
 
 
-def child_wanted(config: dict[str, Any] | None, infos: list[TensorInfo]) -> bool:
-    """Whether a child process should build the layout (``SVDTOOL_LAYOUT_PROCESS``: auto | 1 | 0)."""
+def child_wanted(config: dict[str, Any] | None, nbytes: int) -> bool:
+    """Whether a child process should build the layout of a checkpoint of ``nbytes`` (``SVDTOOL_LAYOUT_PROCESS``:
+    auto | 1 | 0). ``auto`` never starts one for a plain decoder's config: its names give the layout
+    (:func:`svdtool.adapters.layout.plain_decoder_layout`)."""
     mode = os.environ.get("SVDTOOL_LAYOUT_PROCESS", "auto").strip().lower()
     if mode in ("0", "off", "false", "no") or not config or "model_type" not in config:
         return False
     if mode in ("1", "on", "true", "yes"):
         return True
-    big = sum(i.nbytes for i in infos) >= MIN_BYTES
-    return big and (os.cpu_count() or 1) >= MIN_CPUS and "transformers.modeling_utils" not in sys.modules
+    archs = config.get("architectures") or [""]
+    plain = config["model_type"] in naming.PLAIN_DECODERS and str(archs[0]).endswith("ForCausalLM")
+    big, cores = nbytes >= MIN_BYTES, (os.cpu_count() or 1) >= MIN_CPUS
+    return big and cores and not plain and "transformers.modeling_utils" not in sys.modules
 
 
 def guess(config: dict[str, Any] | None, infos: list[TensorInfo]) -> lay.ModelLayout:
@@ -80,7 +88,7 @@ class BackgroundLayout:
         self.proc: subprocess.Popen[str] | None = None
         self.file: Path | None = None
         self.waited = 0.0  # seconds result() blocked
-        if start and child_wanted(config, infos):
+        if start and child_wanted(config, sum(i.nbytes for i in infos)):
             fd, name = tempfile.mkstemp(prefix="svdtool-layout-", suffix=".json")
             self.file = Path(name)
             with os.fdopen(fd, "w") as fh:
@@ -105,8 +113,6 @@ class BackgroundLayout:
 
     def result(self) -> lay.ModelLayout:
         """The model class's layout: the child's answer, else built here."""
-        import time
-
         t0 = time.perf_counter()
         try:
             if self.proc is not None:
@@ -150,8 +156,7 @@ def prefetch(model: str) -> None:
         size = sum(f.stat().st_size for f in Path(key).glob("*.safetensors"))
     except (OSError, ValueError):
         return
-    infos = [TensorInfo("", (), "", "", size)]  # what child_wanted weighs: the bytes
-    if not isinstance(config, dict) or not child_wanted(config, infos):
+    if not isinstance(config, dict) or not child_wanted(config, size):
         return
     bg = BackgroundLayout(config, [], start=False)
     bg._spawn(["--folder", key])

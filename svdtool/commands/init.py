@@ -119,17 +119,19 @@ def _run_init(req: InitRequest, progress: Progress, world: World, known: lay.Mod
         with world.phase():
             infos = ckpt.tensors()
             t_layout = time.perf_counter()
-            # The model class's layout imports transformers (seconds on a cold start): built beside the work
-            # where the method needs nothing else from transformers, else here.
+            # The model class's layout imports transformers (seconds on a cold start): a plain decoder's follows
+            # from its names; otherwise it is built beside the work where the method needs nothing else from
+            # transformers, else here.
             background = None
-            if known is None and not (spec.statistic or spec.needs_gradient or world.distributed):
+            plain = None if known else lay.plain_decoder_layout(ckpt.meta.config, infos)
+            if known is None and plain is None and not (spec.statistic or spec.needs_gradient or world.distributed):
                 background = layout_process.background(req.model, ckpt.meta.config, infos)
                 stack.callback(background.close)
             else:
                 layout_process.discard(req.model)  # a child the CLI started that this run does not use
             child = background is not None and background.started
             layout = guess(ckpt.meta.config, infos) if child else None
-            layout = layout or known or lay.resolve_layout(ckpt.meta.config, infos)
+            layout = layout or known or plain or lay.resolve_layout(ckpt.meta.config, infos)
             layout_seconds = time.perf_counter() - t_layout
             percent = snr_percent(req.targets)
             tokens = req.targets if percent is None else snr_targets(ckpt, infos, percent, device, progress)
