@@ -2,7 +2,7 @@
 streamed and handed to :func:`svdtool.commands.init.run_init` as ``InitRequest.statistics``.
 
 * CorDA: each distinct input's covariance C (in, in), float64, shared by the targets that receive that
-  input; on the GPU while the kept ones fill at most half of it (:func:`keep_covariance`), else on the host.
+  input; on the GPU while the kept ones fill at most half of it (:func:`covariance_keeper`), else on the host.
 * EVA: each distinct input's top round(r·ρ) principal components (float64 ``eigh`` on the device),
   then PEFT's global rank redistribution, so every target's value carries its rank k_l;
   :func:`eva_targets` gives each target that rank (rank 0: dropped), which ``run_init`` writes as PEFT's
@@ -39,16 +39,18 @@ def activation_statistics(
     progress = progress or SilentProgress()
     req.statistic = statistic
     rho = float(extra.get("eva_rho", eva.RHO))
+    reduce: Callable[[list[str], Any, int], Any]
     if statistic == "centred":
         if not rho >= 1:
             raise SvdtoolError(f"--eva-rho {rho}: must be at least 1")
 
-        def reduce(names: list[str], cov: Any, count: int) -> Any:
+        def components(names: list[str], cov: Any, count: int) -> Any:
             return eva.principal_components(cov, eva.max_components(rank, rho, cov.shape[0]), count)
-    else:
-        reduce = keep_covariance
 
-    _KEPT.clear()
+        reduce = components
+    else:
+        reduce = covariance_keeper()
+
     stats = collect_statistics(req, reduce, progress)
     prov = provenance(stats)
     if statistic == "centred":
@@ -68,24 +70,24 @@ KEEP_SHARE = 0.5
 FREE_SHARE = 0.25
 
 
-def keep_covariance(names: list[str], cov: torch.Tensor, count: int) -> torch.Tensor:
-    """CorDA's C (in, in) float64 where the init stream will want it: on the GPU while it fits (the stream
-    prepares C_d there), else on the host."""
-    import torch
+def covariance_keeper() -> Callable[[list[str], torch.Tensor, int], torch.Tensor]:
+    """A ``reduce`` for CorDA that leaves each C (in, in) float64 where the init stream will want it: on the GPU
+    while the ones it kept fit (the stream prepares C_d there), else on the host."""
+    kept: Counter[int] = Counter()  # bytes kept per CUDA device
 
-    if cov.device.type != "cuda":
-        return cov
-    free, total = torch.cuda.mem_get_info(cov.device)
-    kept = _KEPT.get(cov.device.index or 0, 0)
-    size = cov.numel() * cov.element_size()
-    if kept + size <= KEEP_SHARE * total and free >= FREE_SHARE * total:
-        _KEPT[cov.device.index or 0] = kept + size
-        return cov
-    return cov.cpu()
+    def keep(names: list[str], cov: torch.Tensor, count: int) -> torch.Tensor:
+        import torch
 
+        if cov.device.type != "cuda":
+            return cov
+        free, total = torch.cuda.mem_get_info(cov.device)
+        index, size = cov.device.index or 0, cov.numel() * cov.element_size()
+        if kept[index] + size <= KEEP_SHARE * total and free >= FREE_SHARE * total:
+            kept[index] += size
+            return cov
+        return cov.cpu()
 
-#: bytes of covariance kept per CUDA device in this process (reset by :func:`activation_statistics`).
-_KEPT: dict[int, int] = {}
+    return keep
 
 
 class SharedInputs:
