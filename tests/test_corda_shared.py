@@ -204,3 +204,26 @@ def test_prepared_input_on_cuda_solves_as_linalg_solve() -> None:
                     device="cuda")  # fmt: skip
     opts = InitOptions(rank=4, alpha=8.0, extra={"corda_mode": "ipm"})
     _equal(corda.corda(w, opts, statistics=inp), _unshared(w, cov, opts))
+
+
+def test_corda_covariance_keeper_leaves_a_host_covariance_alone() -> None:
+    from svdtool.commands.init_statistics import covariance_keeper
+
+    cov = torch.eye(4, dtype=torch.float64)
+    assert covariance_keeper()(["w"], cov, 3) is cov
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_corda_covariance_keeper_keeps_what_fits_on_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """C stays on the GPU while the kept ones fit in KEEP_SHARE of its memory; the next goes to the host."""
+    from svdtool.commands import init_statistics
+
+    covs = [torch.eye(512, dtype=torch.float64, device="cuda") for _ in range(3)]
+    total = torch.cuda.mem_get_info()[1]
+    monkeypatch.setattr(init_statistics, "KEEP_SHARE", 2.5 * covs[0].numel() * 8 / total)  # room for two
+    keep = init_statistics.covariance_keeper()
+    kept = [keep(["w"], c, 1) for c in covs]
+    assert [k.device.type for k in kept] == ["cuda", "cuda", "cpu"]
+    assert kept[0] is covs[0] and torch.equal(kept[2], covs[2].cpu())
+    assert init_statistics.covariance_keeper()(["w"], covs[2], 1).device.type == "cuda"  # a new run counts anew
